@@ -1,0 +1,81 @@
+"""The real CLIP BPE tokenizer (49,408 tokens), built offline from the BPE file open_clip ships.
+
+open_clip's ``bpe_simple_vocab_16e6.txt.gz`` is the merge list OpenAI CLIP was trained with. The
+vocabulary is the 256 byte symbols, the same with ``</w>``, one token per merge (48,894 merges) and
+the two specials ``<|startoftext|>`` (49406) and ``<|endoftext|>`` (49407): exactly the ids of
+``openai/clip-vit-*`` tokenizers. We write ``vocab.json`` + ``merges.txt`` and load a transformers
+``CLIPTokenizer`` from them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+VOCAB_SIZE = 49408
+BOS_ID = 49406
+EOS_ID = 49407
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def bpe_path() -> Path:
+    """Where open_clip keeps its BPE file."""
+    import open_clip
+
+    path = Path(os.path.dirname(open_clip.__file__)) / "bpe_simple_vocab_16e6.txt.gz"
+    if not path.is_file():
+        from raft_diffusion.errors import ModelError
+
+        raise ModelError(f"open_clip's BPE file is missing at {path}; reinstall open_clip_torch")
+    return path
+
+
+def write_vocab_files(out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``vocab.json`` and ``merges.txt`` of the CLIP BPE into ``out_dir``; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = gzip.open(bpe_path()).read().decode("utf-8").split("\n")
+    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
+    base = list(_bytes_to_unicode().values())
+    vocab = base + [v + "</w>" for v in base] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    assert len(vocab) == VOCAB_SIZE, f"CLIP vocabulary has {len(vocab)} tokens, expected {VOCAB_SIZE}"
+    vocab_file, merges_file = out / "vocab.json", out / "merges.txt"
+    vocab_file.write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False), encoding="utf-8")
+    merges_file.write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
+    return vocab_file, merges_file
+
+
+def build_tokenizer(work_dir: str | Path, model_max_length: int = 77):
+    """A ``CLIPTokenizer`` with the real CLIP vocabulary, written to and loaded from ``work_dir``."""
+    from transformers import CLIPTokenizer
+
+    vocab_file, merges_file = write_vocab_files(work_dir)
+    vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+    merges = [tuple(line.split()) for line in merges_file.read_text(encoding="utf-8").splitlines()[1:] if line]
+    tok = CLIPTokenizer(
+        vocab=vocab,
+        merges=merges,
+        model_max_length=model_max_length,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+    assert len(tok) == VOCAB_SIZE and tok.bos_token_id == BOS_ID and tok.eos_token_id == EOS_ID
+    return tok
