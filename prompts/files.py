@@ -167,10 +167,8 @@ def read_file(path: str | os.PathLike[str]) -> list[Prompt]:
     p = Path(path)
     reader = READERS.get(p.suffix.lower())
     if reader is None:
-        raise PromptError(
-            f"prompt file {str(p)!r} has unsupported extension {p.suffix or '(none)'!r}; "
-            f"use one of {', '.join(READERS)}"
-        )
+        found = f"unsupported extension {p.suffix!r}" if p.suffix else "no extension"
+        raise PromptError(f"prompt file {str(p)!r} has {found}; use one of {', '.join(READERS)}")
     prompts = reader(p)
     if not prompts:
         raise PromptError(f"prompt file {str(p)!r} contains no prompts; add at least one prompt")
