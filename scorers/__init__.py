@@ -47,6 +47,40 @@ def _register_builtin() -> None:
     register("jpeg-incompressibility", jpeg.jpeg_incompressibility,
              "JPEG size in kB at quality 95 (larger files score higher); no weights")
 
+    from functools import partial
+
+    from scorers import aesthetic, clip_score, hpsv2, imagereward, multi, pickscore, text
+
+    register("aesthetic-v2", aesthetic.aesthetic_v2,
+             "LAION aesthetic v2 MLP on CLIP ViT-L/14 (open_clip openai), AVA 1-10, comparable across prompts")
+    register("aesthetic", aesthetic.aesthetic_v2, "alias of aesthetic-v2")
+    register("aesthetic-v1", aesthetic.aesthetic_v1,
+             "LAION aesthetic v1 linear head on CLIP ViT-L/14, AVA 1-10; weights=sa_0_4_vit_l_14_linear.pth")
+    register("clip-score", clip_score.clip_score,
+             "CLIP score max(100*cos(image, prompt), 0) on open_clip (default ViT-L-14/openai), 0-100")
+    register("clip-score-hf", clip_score.clip_score_transformers,
+             "CLIP score max(100*cos, 0) on a transformers CLIPModel (path=hub id or folder), 0-100")
+    register("pickscore", pickscore.pickscore,
+             "PickScore: logit_scale*cos on CLIP-H (yuvalkirstain/PickScore_v1), ~18-24; within-prompt only")
+    register("hpsv2", partial(hpsv2.hpsv2, version="v2"),
+             "HPSv2: cos on open_clip ViT-H-14 + HPS_v2_compressed.pt (xswu/HPSv2), ~0.2-0.35; within-prompt only")
+    register("hpsv2.1", partial(hpsv2.hpsv2, version="v2.1"),
+             "HPSv2.1: cos on ViT-H-14 + HPS_v2.1_compressed.pt (xswu/HPSv2), ~0.2-0.35; within-prompt only")
+    register("imagereward", imagereward.imagereward,
+             "ImageReward (BLIP; needs pip install image-reward), ~standard normal; rank within a prompt")
+    register("text-reward-model", text.text_reward_model,
+             "text: logit of a sequence-classification reward model (model=hub id or folder; chat template)")
+    register("text-pipeline", text.text_pipeline,
+             "text: score (0-1) of one label from a transformers pipeline, e.g. sentiment-analysis")
+    register("text-function", text.text_function,
+             "text: a Python function fn(response, prompt, metadata) -> float, fn='module:function'")
+    register("text-length", text.text_length,
+             "text: -|length - target| in words or chars (or the length itself); no weights")
+    register("text-contains", text.text_contains,
+             "text: number of occurrences of keyword in the response; no weights")
+    register("multi", multi.multi,
+             "weighted sum of scorers, each normalised per prompt (raw / zscore / rank); scorers='a:1,b:0.5'")
+
 
 _register_builtin()
 
