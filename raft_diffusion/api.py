@@ -1,0 +1,245 @@
+"""The Python API: ``train(RaftConfig(...)) -> History`` and ``generate(...)``.
+
+The same functions back the CLI and the notebooks.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from raft_diffusion.config import RaftConfig
+from raft_diffusion.core.backend import Backend, Samples
+from raft_diffusion.core.loop import LoopSettings, RaftLoop, RoundCallback, SampleFilter
+from raft_diffusion.core.records import History
+from raft_diffusion.errors import ConfigError, ModelError
+
+log = logging.getLogger(__name__)
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints")
+
+
+# ------------------------------------------------------------------ pieces, each usable alone
+def build_scorer(cfg: RaftConfig, scorer: Callable[..., Any] | None = None) -> tuple[Callable[..., Any], str]:
+    """The reward of a run: the given callable, or ``cfg.reward.scorer`` from the registry."""
+    import scorers
+
+    if scorer is not None:
+        from scorers.custom import CallableScorer
+
+        name = getattr(scorer, "name", None) or getattr(scorer, "__name__", "custom")
+        return (scorer if hasattr(scorer, "name") else CallableScorer(scorer, name=name)), name
+    return scorers.build(cfg.reward.scorer, **cfg.reward.kwargs), cfg.reward.scorer
+
+
+def build_eval_scorers(cfg: RaftConfig) -> dict[str, Callable[..., Any]]:
+    import scorers
+
+    return {name: scorers.build(name, **(kw or {})) for name, kw in cfg.reward.eval_scorers.items()}
+
+
+def build_filter(cfg: RaftConfig, sample_filter: SampleFilter | None = None) -> SampleFilter | None:
+    """Combine the user's filter (callable or 'module:function') with the text pattern/length filter."""
+    filters: list[SampleFilter] = []
+    if sample_filter is not None:
+        filters.append(sample_filter)
+    r = cfg.ranking
+    if r.filter:
+        from scorers.custom import import_object
+
+        filters.append(import_object(r.filter))
+    if r.filter_pattern or r.min_response_chars:
+        try:
+            pattern = re.compile(r.filter_pattern) if r.filter_pattern else None
+        except re.error as exc:
+            raise ConfigError(f"ranking.filter_pattern {r.filter_pattern!r} is not a valid regex ({exc})") from None
+
+        def text_filter(samples: Samples, rewards: Sequence[float]) -> list[bool]:
+            outs = samples.outputs
+            if not isinstance(outs, list):
+                raise ConfigError("ranking.filter_pattern / min_response_chars apply to text outputs (backend llm) only")
+            return [len(o) >= r.min_response_chars and not (pattern and pattern.search(o)) for o in outs]
+
+        filters.append(text_filter)
+    if not filters:
+        return None
+    if len(filters) == 1:
+        return filters[0]
+    return lambda s, rw: [all(flags) for flags in zip(*(f(s, rw) for f in filters))]
+
+
+def build_prompts(cfg: RaftConfig) -> tuple[Any, list[Any]]:
+    """(the training PromptStream, the eval prompts)."""
+    import prompts
+
+    p = cfg.prompts
+    train_set = prompts.load(p.train, template=p.template)
+    stream = prompts.PromptStream(train_set, cfg.raft.prompts_per_round, seed=cfg.raft.seed, shuffle=p.shuffle)
+    eval_set: list[Any] = []
+    if p.eval:
+        eval_set = prompts.load(p.eval, template=p.eval_template or p.template, limit=p.eval_limit)
+    return stream, eval_set
+
+
+def build_backend(cfg: RaftConfig, progress: bool = True) -> Backend:
+    if cfg.backend == "diffusion":
+        from raft_diffusion.diffusion.backend import DiffusionBackend
+
+        return DiffusionBackend(cfg, progress=progress)
+    if cfg.backend == "llm":
+        from raft_diffusion.llm.backend import LLMBackend
+
+        return LLMBackend(cfg, progress=progress)
+    raise ConfigError(f"backend must be 'diffusion' or 'llm', got {cfg.backend!r}")
+
+
+def loop_settings(cfg: RaftConfig) -> LoopSettings:
+    r, k = cfg.raft, cfg.ranking
+    return LoopSettings(
+        rounds=r.rounds, k=r.k, prompts_per_round=r.prompts_per_round, seed=r.seed, strategy=k.strategy,
+        top_n=k.top_n, top_k=k.top_k, nonfinite=k.nonfinite, eval_every=r.eval_every,
+        eval_samples_per_prompt=r.eval_samples_per_prompt, keep_checkpoints=cfg.output.keep_checkpoints,
+    )
+
+
+def prepare_run_dir(cfg: RaftConfig) -> Path:
+    """Create or check the run folder. A folder holding another run is refused unless resuming or overwriting."""
+    run_dir = Path(cfg.output.dir).expanduser()
+    holds_run = run_dir.is_dir() and any((run_dir / m).exists() for m in RUN_MARKERS)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output.dir {str(run_dir)!r} is a file; choose a folder")
+    if holds_run and cfg.output.overwrite:
+        log.warning("overwriting the run in %s", run_dir)
+        shutil.rmtree(run_dir)
+    elif holds_run and not cfg.output.resume:
+        raise ConfigError(
+            f"output.dir {str(run_dir)!r} already holds a run; pass --resume latest to continue it, "
+            "--overwrite to replace it, or choose another --output.dir"
+        )
+    elif run_dir.is_dir() and not holds_run and any(run_dir.iterdir()):
+        raise ConfigError(f"output.dir {str(run_dir)!r} is not empty and holds no run; choose an empty or new folder")
+    if holds_run and cfg.output.resume:
+        _check_resumable(cfg, run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output.dir {str(run_dir)!r} is not writable ({exc.strerror}); choose another folder") from None
+    return run_dir
+
+
+def _check_resumable(cfg: RaftConfig, run_dir: Path) -> None:
+    """The saved run must use the same model and LoRA shape as the config that resumes it."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    from raft_diffusion.config import read_yaml
+
+    saved = read_yaml(saved_path)
+    now = cfg.to_dict()
+    for section, key in (("backend", None), ("model", "pretrained"), ("lora", "rank"), ("lora", "target_modules")):
+        a = saved.get(section) if key is None else saved.get(section, {}).get(key)
+        b = now.get(section) if key is None else now[section][key]
+        if a != b:
+            name = section if key is None else f"{section}.{key}"
+            raise ModelError(
+                f"cannot resume {str(run_dir)!r}: it was trained with {name} = {a!r}, this config has {b!r}; "
+                "resume with the run's own config or start a new --output.dir"
+            )
+
+
+# ------------------------------------------------------------------ the whole job
+def train(
+    cfg: RaftConfig | None = None,
+    *,
+    scorer: Callable[..., Any] | None = None,
+    sample_filter: SampleFilter | None = None,
+    on_round: RoundCallback | None = None,
+    progress: bool = True,
+) -> History:
+    """Run RAFT as ``cfg`` says and return the History (one metrics row per round, eval rows).
+
+    ``scorer`` overrides ``cfg.reward.scorer`` with any callable ``(outputs, prompts, metadata)
+    -> Tensor (N,)``; ``sample_filter(samples, rewards) -> N bools`` discards samples before ranking.
+    """
+    from raft_diffusion.report import reward_curve
+
+    cfg = cfg or RaftConfig()
+    run_dir = prepare_run_dir(cfg)
+    reward_fn, scorer_name = build_scorer(cfg, scorer)
+    eval_scorers = build_eval_scorers(cfg)
+    stream, eval_prompts = build_prompts(cfg)
+    filt = build_filter(cfg, sample_filter)
+    backend = build_backend(cfg, progress=progress)
+
+    def after_round(r: int, history: History) -> None:
+        reward_curve(history.rounds, run_dir / "reward_curve.png", history.evals, scorer_name)
+        if on_round:
+            on_round(r, history)
+
+    loop = RaftLoop(
+        backend, reward_fn, stream, loop_settings(cfg), run_dir, scorer_name=scorer_name,
+        eval_prompts=eval_prompts, eval_scorers=eval_scorers, sample_filter=filt, on_round=after_round,
+    )
+    if cfg.output.resume:
+        if not loop.resume(cfg.output.resume):
+            log.info("no checkpoint in %s yet: starting from round 1", run_dir)
+    cfg.to_yaml(run_dir / "config.yaml")
+    log.info("run folder: %s (%s backend, model %s, scorer %s)", run_dir, cfg.backend, cfg.model.pretrained, scorer_name)
+    return loop.run()
+
+
+def generate(
+    pretrained: str,
+    prompts: Sequence[str],
+    out_dir: str | Path,
+    *,
+    lora: str | Path | None = None,
+    seed: int = 0,
+    num_images: int = 1,
+    scheduler: str = "ddim",
+    steps: int = 20,
+    guidance_scale: float = 7.5,
+    height: int | None = None,
+    width: int | None = None,
+    dtype: str = "float32",
+    device: str = "auto",
+    batch_size: int = 8,
+) -> list[Path]:
+    """Images from a pipeline plus an optional LoRA: ``out_dir/{i:04d}.png``; returns the paths."""
+    from raft_diffusion.core.rng import sample_seed
+    from raft_diffusion.diffusion import sampling
+    from raft_diffusion.diffusion.lora import load_lora_into_pipeline
+    from raft_diffusion.diffusion.pipeline import load_pipeline, native_size
+    from raft_diffusion.report import to_pil
+
+    for name, v in (("height", height), ("width", width)):
+        if v is not None and (v <= 0 or v % 8):
+            raise ConfigError(f"--{name} {v} is not a positive multiple of 8")
+    if num_images < 1:
+        raise ConfigError(f"--num-images must be >= 1, got {num_images}")
+    if not prompts:
+        raise ConfigError("no prompts given; pass --prompt TEXT or --prompts FILE")
+    pipe = load_pipeline(pretrained, dtype=dtype, device=device, scheduler=scheduler)
+    if lora:
+        load_lora_into_pipeline(pipe, lora)
+    size = native_size(pipe)
+    texts = [p for p in prompts for _ in range(num_images)]
+    seeds = [sample_seed(seed, 0, i) for i in range(len(texts))]
+    result = sampling.generate(
+        pipe, sampling.PromptEncoder(pipe), texts, seeds, steps=steps, guidance_scale=guidance_scale,
+        height=height or size, width=width or size, batch_size=batch_size,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(result.images):
+        path = out / f"{i:04d}.png"
+        to_pil(img).save(path)
+        paths.append(path)
+    (out / "prompts.txt").write_text("\n".join(f"{i:04d}.png\t{t}\t{s}" for i, (t, s) in enumerate(zip(texts, seeds))) + "\n")
+    return paths

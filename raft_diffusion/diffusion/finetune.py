@@ -1,0 +1,144 @@
+"""LoRA noise-prediction training on kept latents; optimizer and LR schedule persist across rounds.
+
+The kept samples' final latents are already VAE-scaled, so no VAE encode is needed: each step
+draws timesteps t ~ U[0, T), noise eps, forms x_t = add_noise(x0, eps, t) and regresses the
+UNet's output on eps (epsilon prediction) or on the velocity (v-prediction), as the scheduler
+config says. Training noise comes from a private seeded generator that is checkpointed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from raft_diffusion.diffusion.lora import lora_parameters
+from raft_diffusion.errors import ConfigError, RunError
+
+log = logging.getLogger(__name__)
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
+    """AdamW (or bitsandbytes 8-bit AdamW) over the LoRA parameters."""
+    kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ConfigError("train.optimizer 'adamw8bit' needs bitsandbytes; pip install bitsandbytes or use 'adamw'") from None
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+class LoraTrainer:
+    """Trains the UNet's LoRA on (latents, prompt embeddings) pairs.
+
+    unet: a UNet2DConditionModel with a LoRA adapter. noise_scheduler: a DDPMScheduler built
+    from the pipeline's scheduler config. total_steps: optimizer steps over the whole run (for
+    the LR schedule).
+    """
+
+    def __init__(self, unet: Any, noise_scheduler: Any, cfg: Any, total_steps: int, seed: int) -> None:
+        from diffusers.optimization import get_scheduler
+
+        self.unet = unet
+        self.noise_scheduler = noise_scheduler
+        self.cfg = cfg
+        self.params = lora_parameters(unet)
+        if not self.params:
+            raise ConfigError("the UNet has no trainable LoRA parameters; check lora.target_modules")
+        self.optimizer = make_optimizer(self.params, cfg)
+        self.lr_scheduler = get_scheduler(
+            cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=max(1, total_steps),
+        )
+        self.generator = torch.Generator("cpu").manual_seed(seed)
+        self.step = 0
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = self.unet.dtype
+        device = self.unet.device
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    def loss(self, latents: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """Noise-prediction MSE of one micro-batch. latents (B, C, h, w), embeds (B, L, D)."""
+        sched = self.noise_scheduler
+        device = self.unet.device
+        noise = torch.randn(latents.shape, generator=self.generator).to(device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=self.generator).to(device)
+        x0 = latents.to(device)
+        noisy = sched.add_noise(x0, noise, t)
+        kind = sched.config.prediction_type
+        if kind == "epsilon":
+            target = noise
+        elif kind == "v_prediction":
+            target = sched.get_velocity(x0, noise, t)
+        else:
+            raise ConfigError(f"scheduler prediction_type {kind!r} is not supported; use epsilon or v_prediction")
+        with self._autocast():
+            pred = self.unet(noisy.to(self.unet.dtype), t, encoder_hidden_states=embeds.to(device, self.unet.dtype), return_dict=False)[0]
+        return F.mse_loss(pred.float(), target.float())
+
+    def steps_for(self, n: int) -> int:
+        """Optimizer steps in a round with ``n`` kept samples."""
+        c = self.cfg
+        if c.steps_per_round is not None:
+            return c.steps_per_round
+        per_epoch = math.ceil(n / (c.batch_size * c.gradient_accumulation_steps))
+        return per_epoch * c.epochs_per_round
+
+    def train(self, latents: torch.Tensor, embeds: torch.Tensor, progress: bool = True) -> dict[str, float]:
+        """Run one round of training on M kept samples; returns mean loss, last lr and step count."""
+        c = self.cfg
+        m = latents.shape[0]
+        steps = self.steps_for(m)
+        self.unet.train()
+        losses: list[float] = []
+        order = torch.randperm(m, generator=self.generator)
+        cursor = 0
+        for _ in tqdm(range(steps), desc="training", unit="step", disable=not progress, leave=False):
+            self.optimizer.zero_grad(set_to_none=True)
+            for _ in range(c.gradient_accumulation_steps):
+                if cursor + c.batch_size > m and cursor > 0:
+                    order, cursor = torch.randperm(m, generator=self.generator), 0
+                idx = order[cursor:cursor + c.batch_size]
+                cursor += c.batch_size
+                loss = self.loss(latents[idx], embeds[idx])
+                if not torch.isfinite(loss):
+                    raise RunError(f"training loss is {loss.item()} at step {self.step + 1}; lower train.learning_rate or check the data")
+                (loss / c.gradient_accumulation_steps).backward()
+                losses.append(loss.item())
+            if c.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.step += 1
+        self.unet.eval()
+        return {
+            "loss": sum(losses) / len(losses) if losses else float("nan"),
+            "lr": self.lr_scheduler.get_last_lr()[0],
+            "steps": steps,
+            "global_step": self.step,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.generator.set_state(state["generator"])
+        self.step = int(state["step"])

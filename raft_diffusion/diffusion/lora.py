@@ -1,0 +1,103 @@
+"""Add, save and load the UNet LoRA in the diffusers format (``pytorch_lora_weights.safetensors``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from raft_diffusion.errors import ModelError
+
+log = logging.getLogger(__name__)
+WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+
+
+def check_target_modules(model: torch.nn.Module, targets: Sequence[str]) -> None:
+    """Every target must name (the tail of) at least one Linear/Conv module of ``model``."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        tails = sorted({n.rsplit(".", 1)[-1] for n in names if "attn" in n or "proj" in n})[:12]
+        raise ModelError(
+            f"lora.target_modules {missing} match no layer of the {type(model).__name__}; "
+            f"use names such as {', '.join(tails)}"
+        )
+
+
+def add_lora(unet: Any, rank: int, alpha: float | None, dropout: float, targets: Sequence[str], init: str = "default") -> None:
+    """Attach a trainable LoRA adapter to ``unet`` (peft); the base weights stay frozen."""
+    from peft import LoraConfig
+
+    check_target_modules(unet, targets)
+    unet.requires_grad_(False)
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=dropout,
+        init_lora_weights="gaussian" if init == "gaussian" else True, target_modules=list(targets),
+    )
+    unet.add_adapter(config)
+    for p in unet.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+
+
+def lora_parameters(unet: Any) -> list[torch.nn.Parameter]:
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def lora_state_dict(unet: Any) -> dict[str, torch.Tensor]:
+    """The adapter's weights in peft naming (for resume)."""
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(unet).items()}
+
+
+def load_lora_state_dict(unet: Any, state: dict[str, torch.Tensor]) -> None:
+    from peft.utils import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(unet, state)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ModelError(f"checkpoint LoRA has {len(unexpected)} keys this UNet lacks (e.g. {unexpected[0]}); it belongs to another model")
+
+
+def save_lora(unet: Any, out_dir: str | Path) -> Path:
+    """Write ``out_dir/pytorch_lora_weights.safetensors`` atomically; diffusers' ``load_lora_weights`` reads it."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    metadata = unet.peft_config["default"].to_dict()
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".lora-"))
+    try:
+        StableDiffusionPipeline.save_lora_weights(
+            tmp, unet_lora_layers=layers, safe_serialization=True, unet_lora_adapter_metadata=metadata,
+        )
+        os.replace(tmp / WEIGHT_NAME, out / WEIGHT_NAME)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / WEIGHT_NAME
+
+
+def load_lora_into_pipeline(pipe: Any, path: str | Path) -> None:
+    """Load a LoRA file or folder into ``pipe``; a LoRA of another architecture is a clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"LoRA {str(path)!r} does not exist; give a folder holding {WEIGHT_NAME} or the file itself")
+    if path.is_dir() and not (path / WEIGHT_NAME).is_file():
+        raise ModelError(f"folder {str(path)!r} holds no {WEIGHT_NAME}; point at a run folder or the .safetensors file")
+    try:
+        if path.is_dir():
+            pipe.load_lora_weights(str(path), weight_name=WEIGHT_NAME)
+        else:
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name)
+    except (ValueError, RuntimeError, KeyError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise ModelError(f"LoRA {str(path)!r} does not fit this pipeline's UNet ({first}); it was trained on another model") from None
