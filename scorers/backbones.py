@@ -236,11 +236,11 @@ class OpenClipBackbone(ClipBackbone):
         except RuntimeError as exc:
             msg = str(exc).splitlines()[0]
             if tag_cfg:
-                hub = str(tag_cfg.get("hf_hub", "")).rstrip("/")
+                hub = str(tag_cfg.get("hf_hub", "")).rstrip("/") or str(tag_cfg.get("url", ""))
                 raise ScorerError(
-                    f"{what}: cannot load pretrained weights {pretrained!r}: {msg}; without network, run "
-                    f"`hf download {hub}` on a connected machine to fill the Hugging Face cache, or pass "
-                    f"pretrained=/path/to/checkpoint"
+                    f"{what}: pretrained weights {pretrained!r} (hub repo {hub}) are not available; without "
+                    f"network, run `hf download {hub}` on a connected machine to fill the Hugging Face cache, "
+                    f"or pass pretrained=/path/to/checkpoint"
                 ) from None
             raise ScorerError(f"{what}: cannot load checkpoint {pretrained}: {msg}") from None
         model = model.to(device=self.device, dtype=self.dtype).eval()

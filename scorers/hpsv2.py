@@ -32,7 +32,7 @@ def hpsv2(version: str = "v2.1", checkpoint: str = HPS_REPO, *, filename: str | 
             raise ScorerError(f"hpsv2: version {version!r} must be one of {sorted(HPS_FILES)}")
         filename = HPS_FILES[version]
     name = "hpsv2" if version in ("v2", "v2.0") else "hpsv2.1"
-    path = resolve_file(checkpoint, filename, what=name)
+    path = resolve_file(checkpoint, filename, what=name, arg="checkpoint")
     bb = shared_backbone("open_clip", model_name, str(path), device=device, dtype=dtype,
                          preprocess_overrides={"resize_mode": "longest"})
     return ClipSimilarityScorer(bb, name=name, scale=1.0, floor=None, batch_size=batch_size)

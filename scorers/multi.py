@@ -143,7 +143,8 @@ class MultiScorer:
                 label, scorer = ref, build(ref, **kwargs)
             else:
                 label, scorer = getattr(ref, "name", None) or f"component{i}", ref
-            self.components.append((label, validated(scorer, label), weight))
+            unique = label if all(label != c[0] for c in self.components) else f"{label}#{i}"
+            self.components.append((unique, validated(scorer, label), weight))
         self.last_components: dict[str, torch.Tensor] = {}
 
     def load(self) -> "MultiScorer":

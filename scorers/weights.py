@@ -30,17 +30,17 @@ def is_hub_id(source: str) -> bool:
 
 
 def resolve_file(source: str | os.PathLike[str] | None, filename: str | None = None, *, what: str = "scorer",
-                 cache_dir: str | None = None, revision: str | None = None) -> Path:
+                 cache_dir: str | None = None, revision: str | None = None, arg: str = "weights") -> Path:
     """Local path of a weights file.
 
     ``source``: a local file; a local folder (then ``filename`` inside it); or a hub id (then
     ``filename`` in that repository, from the Hugging Face cache when offline). ``what`` names the
-    scorer in the error message.
+    scorer and ``arg`` the factory argument in the error message.
     """
     if source is None or str(source) == "":
         need = filename or "a weights file"
         raise ScorerError(
-            f"{what}: no weights given; download {need} and pass its path (e.g. --scorer-arg weights=/path/to/{need})"
+            f"{what}: no weights given; download {need} and pass its path (e.g. --scorer-arg {arg}=/path/to/{need})"
         )
     path = Path(os.path.expanduser(str(source)))
     if path.is_file():
@@ -54,7 +54,7 @@ def resolve_file(source: str | os.PathLike[str] | None, filename: str | None = N
     if is_hub_id(str(source)):
         if filename is None:
             raise ScorerError(f"{what}: hub id {source!r} needs a file name (filename=...)")
-        return _hub_download(str(source), filename, what=what, cache_dir=cache_dir, revision=revision)
+        return _hub_download(str(source), filename, what=what, cache_dir=cache_dir, revision=revision, arg=arg)
     need = f" ({filename})" if filename else ""
     raise ScorerError(
         f"{what}: weights {str(source)!r}{need} not found; it is neither a local file or folder nor a hub id "
@@ -62,7 +62,8 @@ def resolve_file(source: str | os.PathLike[str] | None, filename: str | None = N
     )
 
 
-def _hub_download(repo_id: str, filename: str, *, what: str, cache_dir: str | None, revision: str | None) -> Path:
+def _hub_download(repo_id: str, filename: str, *, what: str, cache_dir: str | None, revision: str | None,
+                  arg: str) -> Path:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:  # pragma: no cover - huggingface_hub ships with transformers
@@ -70,16 +71,17 @@ def _hub_download(repo_id: str, filename: str, *, what: str, cache_dir: str | No
     try:
         return Path(hf_hub_download(repo_id, filename, cache_dir=cache_dir, revision=revision))
     except Exception as exc:  # offline, not cached, repo or file missing, network errors
-        raise ScorerError(missing_message(what, repo_id, filename, exc)) from None
+        raise ScorerError(missing_message(what, repo_id, filename, exc, arg)) from None
 
 
-def missing_message(what: str, repo_id: str, filename: str, exc: BaseException | None = None) -> str:
+def missing_message(what: str, repo_id: str, filename: str, exc: BaseException | None = None,
+                    arg: str = "weights") -> str:
     """The one-line message for a hub file that could not be fetched."""
     why = f" ({type(exc).__name__})" if exc is not None else ""
     return (
         f"{what}: weights file {filename!r} from hub repo {repo_id!r} is not available{why}; "
         f"without network, run `hf download {repo_id} {filename}` on a connected machine to fill the "
-        f"Hugging Face cache, or download it anywhere and pass its local path (weights=/path/to/{filename})"
+        f"Hugging Face cache, or download it anywhere and pass its local path ({arg}=/path/to/{filename})"
     )
 
 
