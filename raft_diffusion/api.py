@@ -153,19 +153,15 @@ def _check_resumable(cfg: RaftConfig, run_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------ the whole job
-def train(
+def build_loop(
     cfg: RaftConfig | None = None,
     *,
     scorer: Callable[..., Any] | None = None,
     sample_filter: SampleFilter | None = None,
     on_round: RoundCallback | None = None,
     progress: bool = True,
-) -> History:
-    """Run RAFT as ``cfg`` says and return the History (one metrics row per round, eval rows).
-
-    ``scorer`` overrides ``cfg.reward.scorer`` with any callable ``(outputs, prompts, metadata)
-    -> Tensor (N,)``; ``sample_filter(samples, rewards) -> N bools`` discards samples before ranking.
-    """
+) -> RaftLoop:
+    """Everything :func:`train` runs, assembled but not started (``loop.backend`` is the model)."""
     from raft_diffusion.report import reward_curve
 
     cfg = cfg or RaftConfig()
@@ -185,12 +181,28 @@ def train(
         backend, reward_fn, stream, loop_settings(cfg), run_dir, scorer_name=scorer_name,
         eval_prompts=eval_prompts, eval_scorers=eval_scorers, sample_filter=filt, on_round=after_round,
     )
-    if cfg.output.resume:
-        if not loop.resume(cfg.output.resume):
-            log.info("no checkpoint in %s yet: starting from round 1", run_dir)
+    if cfg.output.resume and not loop.resume(cfg.output.resume):
+        log.info("no checkpoint in %s yet: starting from round 1", run_dir)
     cfg.to_yaml(run_dir / "config.yaml")
     log.info("run folder: %s (%s backend, model %s, scorer %s)", run_dir, cfg.backend, cfg.model.pretrained, scorer_name)
-    return loop.run()
+    return loop
+
+
+def train(
+    cfg: RaftConfig | None = None,
+    *,
+    scorer: Callable[..., Any] | None = None,
+    sample_filter: SampleFilter | None = None,
+    on_round: RoundCallback | None = None,
+    progress: bool = True,
+) -> History:
+    """Run RAFT as ``cfg`` says and return the History (one metrics row per round, eval rows).
+
+    ``scorer`` overrides ``cfg.reward.scorer`` with any callable ``(outputs, prompts, metadata)
+    -> Tensor (N,)``; ``sample_filter(samples, rewards) -> N bools`` discards samples before ranking.
+    ``on_round(round_index, history)`` is called after every completed round.
+    """
+    return build_loop(cfg, scorer=scorer, sample_filter=sample_filter, on_round=on_round, progress=progress).run()
 
 
 def generate(

@@ -40,12 +40,13 @@ def describe() -> list[tuple[str, str]]:
 
 
 def _register_builtin() -> None:
-    from scorers import jpeg
+    from scorers import jpeg, simple
 
     register("jpeg-compressibility", jpeg.jpeg_compressibility,
              "negated JPEG size in kB at quality 95 (smaller files score higher); no weights")
     register("jpeg-incompressibility", jpeg.jpeg_incompressibility,
              "JPEG size in kB at quality 95 (larger files score higher); no weights")
+    register("brightness", simple.Brightness, "mean pixel value in [0, 1] (or closeness to `target`); no weights")
 
     from functools import partial
 

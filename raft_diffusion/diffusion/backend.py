@@ -63,7 +63,7 @@ class DiffusionBackend:
             module.requires_grad_(False)
         self.encoder = sampling.PromptEncoder(self.pipe, s.negative_prompt)
         lo = cfg.lora
-        lora_mod.add_lora(self.pipe.unet, lo.rank, lo.alpha, lo.dropout, lo.target_modules, lo.init)
+        lora_mod.add_lora(self.pipe.unet, lo.rank, lo.alpha, lo.dropout, lo.target_modules, lo.init, seed=cfg.raft.seed)
         from diffusers import DDPMScheduler
 
         noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)

@@ -29,8 +29,13 @@ def check_target_modules(model: torch.nn.Module, targets: Sequence[str]) -> None
         )
 
 
-def add_lora(unet: Any, rank: int, alpha: float | None, dropout: float, targets: Sequence[str], init: str = "default") -> None:
-    """Attach a trainable LoRA adapter to ``unet`` (peft); the base weights stay frozen."""
+def add_lora(
+    unet: Any, rank: int, alpha: float | None, dropout: float, targets: Sequence[str], init: str = "default", seed: int = 0,
+) -> None:
+    """Attach a trainable LoRA adapter to ``unet`` (peft); the base weights stay frozen.
+
+    The adapter's random init is drawn from ``seed`` without touching the global RNG.
+    """
     from peft import LoraConfig
 
     check_target_modules(unet, targets)
@@ -39,7 +44,9 @@ def add_lora(unet: Any, rank: int, alpha: float | None, dropout: float, targets:
         r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=dropout,
         init_lora_weights="gaussian" if init == "gaussian" else True, target_modules=list(targets),
     )
-    unet.add_adapter(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet.add_adapter(config)
     for p in unet.parameters():
         if p.requires_grad:
             p.data = p.data.float()

@@ -1,0 +1,115 @@
+"""Train the tiny CLIP contrastively on world (image, caption) pairs and save it with
+``save_pretrained`` (model, tokenizer, image processor) to ``<out>/clip``.
+
+Captions are random shorter variants of the template (see :func:`world.caption`); pairs in a batch
+with the same caption are both counted as positives (soft targets), so repeats are not negatives.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from raft_diffusion.miniworld import common, world
+from raft_diffusion.miniworld.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, build_tokenizer
+
+log = logging.getLogger(__name__)
+
+MAX_TOKENS = 32
+
+
+def make_config(quick: bool = False):
+    from transformers import CLIPConfig
+
+    text = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=128,
+        num_hidden_layers=2 if quick else 3,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_TOKENS,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=EOS_ID,
+        projection_dim=64,
+    )
+    vision = dict(
+        image_size=world.NATIVE_RESOLUTION,
+        patch_size=4,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2 if quick else 4,
+        num_attention_heads=4,
+        num_channels=3,
+        projection_dim=64,
+    )
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
+
+
+def train_clip(out: str | Path, *, seed: int = 0, steps: int = 2500, batch_size: int = 128, lr: float = 2e-3,
+               quick: bool = False, max_seconds: float | None = None) -> dict:
+    """``max_seconds``: stop early at this wall time (the learning-rate schedule follows whichever of
+    steps and time runs out first)."""
+    """Train and save; returns {"steps", "wall_s", "final_loss", "path"}."""
+    from transformers import CLIPModel
+
+    t0 = time.time()
+    out = Path(out)
+    clip_dir = out / "clip"
+    common.seed_all(seed)
+    tok = build_tokenizer(out / "_tokenizer_src", model_max_length=MAX_TOKENS)
+    processor = common.make_image_processor()
+    model = CLIPModel(make_config(quick))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    warm = max(1, steps // 20)
+    progress = common.Progress(steps, max_seconds)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * progress.fraction(i)))
+    )
+    data = world.stream(seed + 1, batch_size)
+    model.train()
+    loss_ema = None
+    bar = tqdm(range(steps), desc="clip", mininterval=10, disable=steps < 20)
+    for step in bar:
+        if progress.done(step):
+            log.info("clip: time budget reached at step %d", step)
+            steps = step
+            break
+        images, captions, _ = next(data)
+        ids = common.tokenize(tok, captions)
+        pixel = common.preprocess(images, processor)
+        img = F.normalize(common.features(model.get_image_features(pixel_values=pixel)), dim=-1)
+        txt = F.normalize(common.features(model.get_text_features(input_ids=ids)), dim=-1)
+        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
+        target = same / same.sum(1, keepdim=True)
+        loss = 0.5 * (-(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.log_softmax(0)).sum(0).mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
+        if step % 100 == 0 or step == steps - 1:
+            log.info("clip step %d/%d loss %.4f", step, steps, loss_ema)
+        bar.set_postfix(loss=f"{loss_ema:.3f}", refresh=False)
+    model.eval()
+    save_clip(model, tok, processor, clip_dir)
+    wall = time.time() - t0
+    log.info("clip: %d steps in %.1f s", steps, wall)
+    return {"steps": steps, "wall_s": round(wall, 1), "final_loss": round(float(loss_ema), 4), "path": str(clip_dir)}
+
+
+def save_clip(model, tok, processor, clip_dir: Path) -> None:
+    """Model in safetensors with the big token-embedding table in fp16 (loaded back as float32)."""
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(clip_dir)
+    tok.save_pretrained(clip_dir)
+    processor.save_pretrained(clip_dir)
+    common.halve_embeddings(clip_dir / "model.safetensors")

@@ -1,0 +1,110 @@
+"""Train the tiny ``AutoencoderKL`` (4 latent channels, 4x downsampling: 32x32 images -> 4x8x8
+latents) on world renders, set ``scaling_factor`` = 1 / std of its latents (as SD does) and save it
+with ``save_pretrained`` to ``<out>/vae``.
+
+Loss: MSE on images in [-1, 1] plus a KL term of weight 1e-6 (SD's VAE used the same KL weight).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from raft_diffusion.miniworld import common, world
+
+log = logging.getLogger(__name__)
+
+KL_WEIGHT = 1e-6
+
+
+def make_vae(quick: bool = False):
+    from diffusers import AutoencoderKL
+
+    ch = (8, 16, 16) if quick else (16, 32, 64)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=ch,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=world.NATIVE_RESOLUTION,
+    )
+
+
+@torch.no_grad()
+def latent_std(vae, seed: int, n: int = 1024) -> float:
+    """Std of posterior samples of ``n`` training-stream renders."""
+    data = world.stream(seed, 256)
+    zs = []
+    for _ in range(max(1, n // 256)):
+        images, _, _ = next(data)
+        zs.append(vae.encode(images * 2 - 1).latent_dist.sample())
+    return float(torch.cat(zs).std())
+
+
+@torch.no_grad()
+def psnr(vae, images: torch.Tensor, batch: int = 256) -> float:
+    """Mean reconstruction PSNR (dB) of images in [0, 1], through the posterior mean."""
+    vals = []
+    for i in range(0, len(images), batch):
+        x = images[i : i + batch]
+        rec = (vae.decode(vae.encode(x * 2 - 1).latent_dist.mode()).sample / 2 + 0.5).clamp(0, 1)
+        mse = ((rec - x) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+        vals.append(10 * torch.log10(1.0 / mse))
+    return float(torch.cat(vals).mean())
+
+
+def train_vae(out: str | Path, *, seed: int = 0, steps: int = 3000, batch_size: int = 32, lr: float = 1e-3,
+              quick: bool = False, max_seconds: float | None = None) -> dict:
+    """``max_seconds``: stop early at this wall time (the learning-rate schedule follows whichever of
+    steps and time runs out first)."""
+    """Train and save; returns {"steps", "wall_s", "scaling_factor", "path"}."""
+    t0 = time.time()
+    vae_dir = Path(out) / "vae"
+    common.seed_all(seed)
+    vae = make_vae(quick)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    warm = max(1, steps // 50)
+    progress = common.Progress(steps, max_seconds)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress.fraction(i))))
+    )
+    data = world.stream(seed + 2, batch_size)
+    vae.train()
+    ema = None
+    bar = tqdm(range(steps), desc="vae", mininterval=10, disable=steps < 20)
+    for step in bar:
+        if progress.done(step):
+            log.info("vae: time budget reached at step %d", step)
+            steps = step
+            break
+        images, _, _ = next(data)
+        x = images * 2 - 1
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        loss = F.mse_loss(rec, x) + KL_WEIGHT * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 100 == 0 or step == steps - 1:
+            log.info("vae step %d/%d loss %.5f", step, steps, ema)
+        bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
+    vae.eval()
+    std = latent_std(vae, seed + 3)
+    vae.register_to_config(scaling_factor=1.0 / std)
+    vae.save_pretrained(vae_dir)
+    wall = time.time() - t0
+    log.info("vae: %d steps in %.1f s, latent std %.4f -> scaling_factor %.4f", steps, wall, std, 1 / std)
+    return {"steps": steps, "wall_s": round(wall, 1), "scaling_factor": round(1.0 / std, 5), "path": str(vae_dir)}

@@ -1,0 +1,28 @@
+"""Shared fixtures: offline mode, a tiny SD pipeline saved to disk once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """Keep the tiny-pipeline cache inside the test session's temp folder."""
+    path = tmp_path_factory.mktemp("raft-cache")
+    os.environ["RAFT_DIFFUSION_CACHE"] = str(path)
+    yield path
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """A tiny random StableDiffusionPipeline written with save_pretrained (loaded back by the tests)."""
+    from raft_diffusion.diffusion.pipeline import write_tiny_pipeline
+
+    return write_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipe", seed=0)

@@ -1,0 +1,104 @@
+"""End to end on a tiny SD pipeline saved to and loaded from disk: rows, LoRA, resume, diffusers loading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from raft_diffusion.api import build_loop, train
+from raft_diffusion.config import RaftConfig
+from raft_diffusion.core.records import History
+
+
+def tiny_config(pipe_dir, out_dir, **overrides):
+    base = {
+        "model.pretrained": str(pipe_dir),
+        "raft.rounds": 2, "raft.k": 2, "raft.prompts_per_round": 2, "raft.seed": 3,
+        "sampling.steps": 2, "sampling.batch_size": 4,
+        "train.steps_per_round": 2, "train.batch_size": 2, "train.learning_rate": 1e-3,
+        "prompts.eval": "cifar10", "prompts.eval_limit": 2,
+        "output.dir": str(out_dir),
+    }
+    base.update(overrides)
+    return RaftConfig().replace(base)
+
+
+def snapshot(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def test_two_rounds_rows_and_parameters(tiny_pipeline_dir, tmp_path):
+    loop = build_loop(tiny_config(tiny_pipeline_dir, tmp_path / "run"), progress=False)
+    pipe = loop.backend.pipe
+    before = {name: snapshot(getattr(pipe, name)) for name in ("unet", "vae", "text_encoder")}
+    history = loop.run()
+
+    assert [r["round"] for r in history.rounds] == [1, 2]
+    for row in history.rounds:
+        assert row["n_samples"] == 4 and row["n_kept"] == 2 and row["train_steps"] == 2
+        assert set(row["best_per_prompt"]) and row["time_generate_s"] > 0
+    assert [e["round"] for e in history.evals] == [0, 1, 2]
+    assert History.load(tmp_path / "run").rounds == json.loads(json.dumps(history.rounds))
+
+    after = {name: snapshot(getattr(pipe, name)) for name in ("unet", "vae", "text_encoder")}
+    lora = [n for n in after["unet"] if "lora_" in n]
+    assert lora, "no LoRA parameters"
+    for name in lora:
+        assert not torch.equal(before["unet"][name], after["unet"][name]), f"LoRA parameter {name} did not change"
+    for part, params in after.items():
+        for name, value in params.items():
+            if "lora_" not in name:
+                assert torch.equal(before[part][name], value), f"frozen parameter {part}.{name} changed"
+
+    run = tmp_path / "run"
+    for rel in ("config.yaml", "metrics.jsonl", "eval.jsonl", "reward_curve.png", "pytorch_lora_weights.safetensors",
+                "rounds/round-0001/grid.png", "rounds/round-0002/samples.jsonl"):
+        assert (run / rel).is_file(), rel
+    assert len(list((run / "rounds" / "round-0001" / "kept").glob("*.png"))) == 2
+
+
+def test_saved_lora_loads_in_diffusers_and_changes_output(tiny_pipeline_dir, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    train(tiny_config(tiny_pipeline_dir, tmp_path / "run", **{"lora.init": "gaussian", "raft.rounds": 1}), progress=False)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def image():
+        g = torch.Generator().manual_seed(0)
+        return pipe("a photo of a cat", num_inference_steps=2, generator=g, output_type="pt").images
+
+    base = image()
+    pipe.load_lora_weights(tmp_path / "run")
+    tuned = image()
+    assert not torch.allclose(base, tuned, atol=1e-6), "the LoRA did not change the pipeline's output"
+    pipe.unload_lora_weights()
+    assert torch.allclose(base, image(), atol=1e-6)
+
+
+def test_resume_continues_at_the_next_round_and_matches(tiny_pipeline_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    full = train(tiny_config(tiny_pipeline_dir, tmp_path / "full"), progress=False)
+    train(tiny_config(tiny_pipeline_dir, tmp_path / "part", **{"raft.rounds": 1}), progress=False)
+    resumed = train(tiny_config(tiny_pipeline_dir, tmp_path / "part", **{"output.resume": "latest"}), progress=False)
+    assert [r["round"] for r in resumed.rounds] == [1, 2]
+    assert [r["kept_ids"] for r in resumed.rounds] == [r["kept_ids"] for r in full.rounds]
+    a = load_file(tmp_path / "full" / "pytorch_lora_weights.safetensors")
+    b = load_file(tmp_path / "part" / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_refuses_a_folder_holding_another_run(tiny_pipeline_dir, tmp_path):
+    from raft_diffusion.errors import ConfigError
+
+    cfg = tiny_config(tiny_pipeline_dir, tmp_path / "run", **{"raft.rounds": 1})
+    train(cfg, progress=False)
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume latest"):
+        train(cfg, progress=False)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
