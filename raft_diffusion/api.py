@@ -101,6 +101,7 @@ def loop_settings(cfg: RaftConfig) -> LoopSettings:
         rounds=r.rounds, k=r.k, prompts_per_round=r.prompts_per_round, seed=r.seed, strategy=k.strategy,
         top_n=k.top_n, top_k=k.top_k, nonfinite=k.nonfinite, eval_every=r.eval_every,
         eval_samples_per_prompt=r.eval_samples_per_prompt, keep_checkpoints=cfg.output.keep_checkpoints,
+        kl_beta=k.kl_beta,
     )
 
 

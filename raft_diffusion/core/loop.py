@@ -48,6 +48,7 @@ class LoopSettings:
     eval_every: int = 1
     eval_samples_per_prompt: int = 1
     keep_checkpoints: int | None = 2
+    kl_beta: float = 0.0
 
 
 def _peak_memory_mb() -> dict[str, float]:
@@ -116,11 +117,26 @@ class RaftLoop:
         rewards = scorer(samples.outputs, samples.texts, samples.metadata)
         return validate_rewards(rewards, len(samples), name, allow_nonfinite=True).tolist()
 
+    def selection_rewards(self, samples: Samples, rewards: Sequence[float]) -> list[float]:
+        """The rewards ranking sees: ``r - beta * log(p_model / p_initial)`` when ``kl_beta > 0``.
+
+        The backend provides ``log_ratio(samples) -> N floats``; it changes which sample is kept,
+        not the fine-tuning loss (the paper's KL-regularised selection).
+        """
+        beta = self.settings.kl_beta
+        if not beta:
+            return list(rewards)
+        log_ratio = getattr(self.backend, "log_ratio", None)
+        if log_ratio is None:
+            raise RunError(f"ranking.kl_beta = {beta} needs a backend with log_ratio(); the {self.backend.name} backend has none")
+        ratios = list(log_ratio(samples))
+        return [r - beta * lr for r, lr in zip(rewards, ratios)]
+
     def rank(self, samples: Samples, rewards: Sequence[float]) -> Selection:
         s = self.settings
         mask = self.sample_filter(samples, rewards) if self.sample_filter else None
         return select(
-            rewards, samples.groups, s.strategy, k=s.k, top_n=s.top_n, top_k=s.top_k,
+            self.selection_rewards(samples, rewards), samples.groups, s.strategy, k=s.k, top_n=s.top_n, top_k=s.top_k,
             keep_mask=mask, nonfinite=s.nonfinite, labels=samples.texts,
         )
 
