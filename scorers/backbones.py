@@ -180,7 +180,8 @@ class OpenClipBackbone(ClipBackbone):
     """An open_clip model: ``model_name`` (e.g. ``"ViT-L-14"``) with ``pretrained`` a tag known to
     open_clip (``"openai"``, downloaded by open_clip into the HF cache), a local checkpoint file
     (state dict, ``.pt``/``.pth``/``.bin``/``.safetensors``, loaded strictly with
-    ``weights_only=True``), or ``None`` (random weights, for tests).
+    ``weights_only=True``), or ``None`` (random weights, for tests). ``model_name`` may also be
+    ``"hf-hub:org/repo"`` or ``"local-dir:/path"`` (open_clip's schemas; ``pretrained`` ignored).
 
     QuickGELU: when the tag was trained with QuickGELU (OpenAI's weights) the model is built with it
     (open_clip only warns otherwise, and the embeddings would be wrong). ``quick_gelu`` forces it.
@@ -208,13 +209,16 @@ class OpenClipBackbone(ClipBackbone):
         import open_clip
 
         what = f"open_clip {self.model_name}"
-        if open_clip.get_model_config(self.model_name) is None:
+        schema = self.model_name.startswith(("hf-hub:", "local-dir:"))  # config + weights from the source
+        if not schema and open_clip.get_model_config(self.model_name) is None:
             raise ScorerError(
                 f"{what}: unknown open_clip architecture; known: {', '.join(open_clip.list_models())}"
             )
         pretrained = self.pretrained
         tag_cfg = {}
-        if pretrained is not None:
+        if schema:
+            pretrained = None
+        elif pretrained is not None:
             tag_cfg = open_clip.get_pretrained_cfg(self.model_name, pretrained) or {}
             if not tag_cfg:
                 path = os.path.expanduser(pretrained)
@@ -233,8 +237,8 @@ class OpenClipBackbone(ClipBackbone):
                 self.model_name, pretrained=pretrained, device=self.device, force_quick_gelu=bool(quick),
                 cache_dir=self.cache_dir, weights_only=True,
             )
-        except RuntimeError as exc:
-            msg = str(exc).splitlines()[0]
+        except (RuntimeError, OSError, ValueError) as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if tag_cfg:
                 hub = str(tag_cfg.get("hf_hub", "")).rstrip("/") or str(tag_cfg.get("url", ""))
                 raise ScorerError(

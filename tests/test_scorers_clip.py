@@ -215,3 +215,29 @@ def test_missing_backbone_weights_offline(monkeypatch, tmp_path):
         OpenClipBackbone("no-such-arch", None).load()
     with pytest.raises(ScorerError, match="local folder"):
         TransformersClipBackbone(str(tmp_path / "no" / "such" / "dir")).load()
+
+
+def test_openai_tag_builds_with_quick_gelu(monkeypatch):
+    """OpenAI's weights were trained with QuickGELU; open_clip only warns, so the backbone must ask for it."""
+    import open_clip
+
+    seen = {}
+
+    def fake_create_model(name, pretrained=None, **kw):
+        seen.update(kw, name=name, pretrained=pretrained)
+        raise RuntimeError("offline")
+
+    monkeypatch.setattr(open_clip, "create_model", fake_create_model)
+    with pytest.raises(ScorerError, match="hf download timm/vit_large_patch14_clip_224.openai"):
+        OpenClipBackbone("ViT-L-14", "openai", device="cpu").load()
+    assert seen["force_quick_gelu"] is True and seen["pretrained"] == "openai" and seen["weights_only"] is True
+    with pytest.raises(ScorerError):
+        OpenClipBackbone("ViT-H-14", "laion2b_s32b_b79k", device="cpu").load()
+    assert seen["force_quick_gelu"] is False
+
+
+def test_quick_gelu_checkpoint_round_trip(oc_ckpt):
+    from open_clip.transformer import QuickGELU
+
+    bb = OpenClipBackbone(testing.TINY_OPEN_CLIP, str(oc_ckpt), device="cpu", quick_gelu=True).load()
+    assert any(isinstance(m, QuickGELU) for m in bb.model.modules())
