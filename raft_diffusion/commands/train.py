@@ -15,7 +15,7 @@ EPILOG = """\
 CONFIG is a YAML file or a preset name (see --list-presets). Any field can be overridden with
 --section.key value (values are parsed as YAML), e.g.
   raft-diffusion train --raft.rounds 5 --raft.k 8 --sampling.height 256 --reward.scorer jpeg-compressibility
-With no CONFIG the embedded default runs: a complete small run, offline on the CPU.
+With no CONFIG the embedded default (the 'default' preset) runs: a complete small run, offline on the CPU.
 See --help-config for every field."""
 
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["output.resume"] = args.resume
     if args.overwrite:
         overrides["output.overwrite"] = True
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config or "default", overrides)
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0

@@ -1,0 +1,135 @@
+"""Overhead of one RAFT round against bare diffusers + a bare LoRA loop doing the same work.
+
+Prints, on the same pipeline and settings: the wall time of one RAFT round (generate, score,
+rank, train, write records and checkpoint), the time of a bare ``StableDiffusionPipeline``
+call generating the same images plus a bare peft LoRA training loop of the same steps, their
+ratio (target <= 1.10), and the peak RSS of each (each variant runs in its own process).
+
+    python benchmarks/round_overhead.py [--model tiny|PATH] [--k 4] [--prompts 4] [--steps 10] [--train-steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def settings(args):
+    return {
+        "model.pretrained": args.model, "raft.rounds": args.rounds + 1, "raft.k": args.k, "raft.prompts_per_round": args.prompts,
+        "sampling.steps": args.steps, "sampling.batch_size": args.k * args.prompts, "sampling.guidance_scale": 7.5,
+        "train.steps_per_round": args.train_steps, "train.batch_size": args.prompts, "lora.rank": 4,
+        "reward.scorer": "jpeg-compressibility", "output.save_kept": False,
+    }
+
+
+def run_raft(args) -> dict:
+    from raft_diffusion.api import build_loop
+    from raft_diffusion.config import RaftConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = RaftConfig().replace({**settings(args), "output.dir": f"{tmp}/run"})
+        loop = build_loop(cfg, progress=False)
+        loop.run_round(1)  # warm-up (first calls allocate and compile kernels)
+        times = []
+        for r in range(2, args.rounds + 2):
+            t0 = time.perf_counter()
+            loop.run_round(r)
+            from raft_diffusion.core import checkpoint
+
+            checkpoint.save_checkpoint(loop.run_dir / "checkpoints", r, loop.backend.state_dict(), loop._loop_state(), 2)
+            loop.history.write(loop.run_dir)
+            loop.backend.save_model(loop.run_dir)
+            times.append(time.perf_counter() - t0)
+    return {"seconds": min(times)}
+
+
+def run_bare(args) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler
+    from peft import LoraConfig
+
+    import prompts
+    from raft_diffusion.diffusion.pipeline import load_pipeline
+    from scorers.jpeg import jpeg_size_kb
+
+    pipe = load_pipeline(args.model, scheduler="ddim")
+    pipe.unet.requires_grad_(False)
+    pipe.vae.requires_grad_(False)
+    pipe.text_encoder.requires_grad_(False)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    texts = [p.text for p in prompts.load("cifar10", template="a photo of a {}")[: args.prompts]]
+
+    def one_round(seed: int) -> None:
+        gens = [torch.Generator().manual_seed(seed * 1000 + i) for i in range(args.k * len(texts))]
+        with torch.inference_mode():
+            out = pipe(texts, num_images_per_prompt=args.k, num_inference_steps=args.steps, guidance_scale=7.5,
+                       generator=gens, output_type="latent", return_dict=False)[0]
+            images = (pipe.vae.decode(out / pipe.vae.config.scaling_factor, return_dict=False)[0] / 2 + 0.5).clamp(0, 1)
+            rewards = -jpeg_size_kb(images)
+            embeds = pipe.encode_prompt(texts, pipe.device, 1, False)[0]
+        best = rewards.view(len(texts), args.k).argmax(1) + torch.arange(len(texts)) * args.k
+        x0, emb = out[best].clone(), embeds.clone()
+        for _ in range(args.train_steps):
+            noise = torch.randn_like(x0)
+            t = torch.randint(0, noise_sched.config.num_train_timesteps, (x0.shape[0],))
+            pred = pipe.unet(noise_sched.add_noise(x0, noise, t), t, encoder_hidden_states=emb, return_dict=False)[0]
+            loss = F.mse_loss(pred, noise)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+
+    one_round(0)
+    times = []
+    for r in range(args.rounds):
+        t0 = time.perf_counter()
+        one_round(r + 1)
+        times.append(time.perf_counter() - t0)
+    return {"seconds": min(times)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--train-steps", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds (the fastest is reported)")
+    ap.add_argument("--variant", choices=["raft", "bare"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.variant:
+        import logging
+
+        logging.disable(logging.WARNING)
+        result = run_raft(args) if args.variant == "raft" else run_bare(args)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("RESULT " + json.dumps(result))
+        return
+    results = {}
+    for variant in ("raft", "bare"):
+        cmd = [sys.executable, __file__, "--variant", variant] + sys.argv[1:]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        results[variant] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    raft, bare = results["raft"], results["bare"]
+    print(f"model {args.model}: {args.prompts} prompts x K={args.k}, {args.steps} sampling steps, {args.train_steps} LoRA steps")
+    print(f"RAFT round          {raft['seconds']:.3f} s   peak RSS {raft['peak_rss_mb']:.0f} MB")
+    print(f"bare diffusers+LoRA {bare['seconds']:.3f} s   peak RSS {bare['peak_rss_mb']:.0f} MB")
+    print(f"ratio {raft['seconds'] / bare['seconds']:.3f} (target <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()
