@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--train-steps", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=3, help="timed rounds (the fastest is reported)")
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds (the fastest is reported)")
     ap.add_argument("--variant", choices=["raft", "bare"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:

@@ -58,20 +58,21 @@ class LoraTrainer:
         )
         self.generator = torch.Generator("cpu").manual_seed(seed)
         self.step = 0
+        # diffusers' ModelMixin.dtype/.device walk every module: read them once
+        self.dtype = unet.dtype
+        self.device = unet.device
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = self.unet.dtype
-        device = self.unet.device
-        if dtype == torch.float32:
+        if self.dtype == torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=dtype)
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def loss(self, latents: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         """Noise-prediction MSE of one micro-batch. latents (B, C, h, w), embeds (B, L, D)."""
         sched = self.noise_scheduler
-        device = self.unet.device
+        device = self.device
         noise = torch.randn(latents.shape, generator=self.generator).to(device)
         t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=self.generator).to(device)
         x0 = latents.to(device)
@@ -84,7 +85,7 @@ class LoraTrainer:
         else:
             raise ConfigError(f"scheduler prediction_type {kind!r} is not supported; use epsilon or v_prediction")
         with self._autocast():
-            pred = self.unet(noisy.to(self.unet.dtype), t, encoder_hidden_states=embeds.to(device, self.unet.dtype), return_dict=False)[0]
+            pred = self.unet(noisy.to(self.dtype), t, encoder_hidden_states=embeds.to(device, self.dtype), return_dict=False)[0]
         return F.mse_loss(pred.float(), target.float())
 
     def steps_for(self, n: int) -> int:

@@ -1,0 +1,10 @@
+"""Regenerate the README tables (scorers, config fields): python .ci/update_readme.py"""
+import scorers
+from raft_diffusion.config import field_docs
+s = open("README.md").read()
+sc = "| name | what |\n|---|---|\n" + "\n".join(f"| `{n}` | {d.replace('|', '/')} |" for n, d in scorers.describe())
+cf = "| field | default | meaning |\n|---|---|---|\n" + "\n".join(f"| `{n}` | `{d!r}` | {h.replace('|', '/')} |" for n, h, d in field_docs())
+import re
+s = re.sub(r"(<!-- scorers:[^\n]*-->\n)(?:SCORERS_TABLE|\| name \| what \|\n(?:\|[^\n]*\n)*)", lambda m: m.group(1) + sc + "\n", s)
+s = re.sub(r"(<!-- config:[^\n]*-->\n)(?:CONFIG_TABLE|\| field \| default \| meaning \|\n(?:\|[^\n]*\n)*)", lambda m: m.group(1) + cf + "\n", s)
+open("README.md", "w").write(s)
