@@ -1,0 +1,155 @@
+"""LoRA SFT on prompt + kept response; optimizer and LR schedule persist across rounds.
+
+The loss of a micro-batch is the mean next-token negative log-likelihood over its label tokens:
+the response tokens (plus eos when the response ended on its own), and the prompt tokens too when
+``train.mask_prompt`` is false (as the authors' code did). Micro-batch order comes from a private
+seeded generator that is checkpointed, so a resumed run trains on the same batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from raft_diffusion.errors import ConfigError, RunError
+from raft_diffusion.llm.logprob import response_labels, token_logprobs
+
+log = logging.getLogger(__name__)
+
+
+def add_lora(model: Any, rank: int, alpha: float | None, dropout: float, targets: Sequence[str], init: str = "default",
+             seed: int = 0) -> Any:
+    """Wrap ``model`` in a peft ``PeftModel`` with a trainable LoRA (base frozen, adapter float32).
+
+    The adapter's random init is drawn from ``seed`` without touching the global RNG.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType.CAUSAL_LM, r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=dropout,
+        target_modules=list(targets), init_lora_weights="gaussian" if init == "gaussian" else True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(model, config)
+    for p in peft_model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return peft_model
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
+    """AdamW (or bitsandbytes 8-bit AdamW) over the LoRA parameters."""
+    kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ConfigError("train.optimizer 'adamw8bit' needs bitsandbytes; pip install bitsandbytes or use 'adamw'") from None
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def sft_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean NLL over label tokens of one micro-batch; all (B, L) int64 tensors on the model's device."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    lp, valid = token_logprobs(logits, labels)
+    return -lp.sum() / valid.sum().clamp(min=1)
+
+
+class SFTTrainer:
+    """Trains the LoRA of a peft causal LM on (prompt ids, response ids) pairs.
+
+    cfg: the run's TrainConfig. total_steps: optimizer steps over the whole run (LR schedule length).
+    """
+
+    def __init__(self, model: Any, cfg: Any, total_steps: int, seed: int, pad_id: int) -> None:
+        from transformers import get_scheduler
+
+        self.model, self.cfg, self.pad_id = model, cfg, pad_id
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ConfigError("the model has no trainable LoRA parameters; check lora.target_modules")
+        self.optimizer = make_optimizer(self.params, cfg)
+        self.lr_scheduler = get_scheduler(
+            cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=max(1, total_steps),
+        )
+        self.generator = torch.Generator("cpu").manual_seed(seed)
+        self.step = 0
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        p = next(self.model.parameters())
+        base = next((q.dtype for q in self.model.parameters() if not q.requires_grad), p.dtype)
+        if base == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(p.device.type, dtype=base)
+
+    def steps_for(self, n: int) -> int:
+        """Optimizer steps in a round with ``n`` kept samples."""
+        c = self.cfg
+        if c.steps_per_round is not None:
+            return c.steps_per_round
+        return math.ceil(n / (c.batch_size * c.gradient_accumulation_steps)) * c.epochs_per_round
+
+    def train(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], progress: bool = True
+              ) -> dict[str, float]:
+        """One round of SFT on M pairs (responses already carry eos where due); returns loss, lr, steps."""
+        c = self.cfg
+        m = len(prompt_ids)
+        steps = self.steps_for(m)
+        device = next(self.model.parameters()).device
+        self.model.train()
+        losses: list[float] = []
+        order = torch.randperm(m, generator=self.generator)
+        cursor = 0
+        try:
+            for _ in tqdm(range(steps), desc="training", unit="step", disable=not progress, leave=False):
+                self.optimizer.zero_grad(set_to_none=True)
+                for _ in range(c.gradient_accumulation_steps):
+                    if cursor >= m:
+                        order, cursor = torch.randperm(m, generator=self.generator), 0
+                    idx = order[cursor:cursor + c.batch_size].tolist()
+                    cursor += c.batch_size
+                    ids, mask, labels = response_labels(
+                        [prompt_ids[i] for i in idx], [response_ids[i] for i in idx], self.pad_id, c.mask_prompt)
+                    with self._autocast():
+                        loss = sft_loss(self.model, ids.to(device), mask.to(device), labels.to(device))
+                    if not torch.isfinite(loss):
+                        raise RunError(f"training loss is {loss.item()} at step {self.step + 1}; lower train.learning_rate or check the data")
+                    (loss / c.gradient_accumulation_steps).backward()
+                    losses.append(loss.item())
+                if c.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.step += 1
+        finally:
+            self.model.eval()
+        return {
+            "loss": sum(losses) / len(losses) if losses else float("nan"),
+            "lr": self.lr_scheduler.get_last_lr()[0],
+            "steps": steps,
+            "global_step": self.step,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.generator.set_state(state["generator"])
+        self.step = int(state["step"])
