@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from raft_diffusion.core import faults
 from raft_diffusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def save_checkpoint(ckpt_root: Path, round_index: int, state: dict[str, Any], lo
         shutil.rmtree(tmp)
     tmp.mkdir()
     torch.save(state, tmp / "state.pt")
+    faults.point("checkpoint")
     with open(tmp / "loop.json", "w", encoding="utf-8") as fh:
         json.dump(loop_state, fh)
         fh.flush()

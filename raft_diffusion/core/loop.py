@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from prompts.types import Prompt
-from raft_diffusion.core import checkpoint, rng
+from raft_diffusion.core import checkpoint, faults, rng
 from raft_diffusion.core.backend import Backend, Samples
 from raft_diffusion.core.ranking import Selection, group_ids, select
 from raft_diffusion.core.records import History, reward_summary, write_jsonl
@@ -193,6 +193,7 @@ class RaftLoop:
     def run_round(self, r: int) -> dict[str, Any]:
         """One complete round; returns its metrics row."""
         s = self.settings
+        faults.current_round = r
         t_round = time.perf_counter()
         batch = _stage(r, "prompts", lambda: self.stream.next_batch())
         n = len(batch) * s.k

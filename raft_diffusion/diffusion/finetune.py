@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from raft_diffusion.core import faults
 from raft_diffusion.diffusion.lora import lora_parameters
 from raft_diffusion.errors import ConfigError, RunError
 
@@ -122,6 +123,7 @@ class LoraTrainer:
             self.optimizer.step()
             self.lr_scheduler.step()
             self.step += 1
+            faults.point("train")
         self.unet.eval()
         return {
             "loss": sum(losses) / len(losses) if losses else float("nan"),

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from raft_diffusion.core import faults
+
 log = logging.getLogger(__name__)
 
 
@@ -92,4 +94,5 @@ def generate(
         )[0]
         latents.append(out.float().cpu())
         images.append(decode_latents(pipe, out).cpu())
+        faults.point("generate")
     return GenerationResult(torch.cat(images), torch.cat(latents))
