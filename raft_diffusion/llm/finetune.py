@@ -9,6 +9,7 @@ seeded generator that is checkpointed, so a resumed run trains on the same batch
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 from typing import Any, Sequence
@@ -141,8 +142,9 @@ class SFTTrainer:
         }
 
     def state_dict(self) -> dict[str, Any]:
+        """A snapshot (deep copy: later steps do not alter it) of optimizer, schedule, generator, step."""
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "step": self.step,
