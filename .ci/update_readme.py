@@ -8,3 +8,12 @@ import re
 s = re.sub(r"(<!-- scorers:[^\n]*-->\n)(?:SCORERS_TABLE|\| name \| what \|\n(?:\|[^\n]*\n)*)", lambda m: m.group(1) + sc + "\n", s)
 s = re.sub(r"(<!-- config:[^\n]*-->\n)(?:CONFIG_TABLE|\| field \| default \| meaning \|\n(?:\|[^\n]*\n)*)", lambda m: m.group(1) + cf + "\n", s)
 open("README.md", "w").write(s)
+
+import sys
+sys.path.insert(0, ".")
+from tests.test_bad_input import CASES
+s = open("README.md").read()
+bad = "| case | message contains |\n|---|---|\n" + "\n".join(
+    f"| {cid} | `{frag.replace('{tmp}/', '').replace('{tmp}', 'DIR').replace('|', '/')}` |" for cid, _, frag in CASES)
+s = re.sub(r"(<!-- bad-input:[^\n]*-->\n)(?:BAD_INPUT_TABLE|\| case \| message contains \|\n(?:\|[^\n]*\n)*)", lambda m: m.group(1) + bad + "\n", s)
+open("README.md", "w").write(s)

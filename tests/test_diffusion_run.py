@@ -102,3 +102,13 @@ def test_refuses_a_folder_holding_another_run(tiny_pipeline_dir, tmp_path):
     with pytest.raises(ConfigError, match="already holds a run; pass --resume latest"):
         train(cfg, progress=False)
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
+def test_nan_loss_stops_with_round_and_cause(tiny_pipeline_dir, tmp_path):
+    from raft_diffusion.errors import RunError
+
+    loop = build_loop(tiny_config(tiny_pipeline_dir, tmp_path / "run", **{"prompts.eval": None}), progress=False)
+    loop.backend.trainer.loss = lambda latents, embeds: torch.tensor(float("nan"), requires_grad=True)
+    with pytest.raises(RunError, match=r"round 1, fine-tuning: training loss is nan at step 1"):
+        loop.run()
+    assert not (tmp_path / "run" / "checkpoints").exists() or not list((tmp_path / "run" / "checkpoints").iterdir())

@@ -132,3 +132,40 @@ def test_filter_hook(tmp_path):
     history = loop.run()
     assert history.rounds[0]["n_filtered"] == 3
     assert not any(i.endswith("-k0") for i in history.rounds[0]["kept_ids"])
+
+
+def test_out_of_memory_names_round_and_keeps_rounds(tmp_path):
+    loop, backend = make_loop(tmp_path)
+    real = backend.generate
+
+    def generate(*args, **kw):
+        if backend.calls["generate"] >= 3:  # baseline eval, round 1, eval 1; then round 2 runs out
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kw)
+
+    backend.generate = generate
+    with pytest.raises(RunError, match=r"round 2, generation: out of memory .*lower the batch size"):
+        loop.run()
+    assert [r["round"] for r in History.load(tmp_path).rounds] == [1]
+
+
+def test_full_disk_names_round_and_previous_checkpoint_resumes(tmp_path, monkeypatch):
+    import errno
+
+    loop, _ = make_loop(tmp_path)
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def save(obj, path, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:  # round 1: checkpoint, weights; round 2: checkpoint fails
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, path, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(RunError, match=r"round 2, checkpoint: \[Errno 28\] No space left on device"):
+        loop.run()
+    monkeypatch.setattr(torch, "save", real_save)
+    again, _ = make_loop(tmp_path)
+    assert again.resume("latest") and again.next_round == 2
+    assert len(again.run().rounds) == 4

@@ -24,3 +24,10 @@ def test_ci_runs_the_readme_test_command():
     ci = (Path(__file__).parent.parent / ".ci" / "run").read_text(encoding="utf-8")
     command = next(line for line in ci.splitlines() if "pytest" in line)
     assert command.strip() in README
+
+
+def test_every_bad_input_case_documented():
+    from tests.test_bad_input import CASES
+
+    missing = [cid for cid, _, _ in CASES if f"| {cid} |" not in README]
+    assert not missing, f"README lacks bad-input cases {missing}"
