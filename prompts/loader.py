@@ -152,6 +152,25 @@ def _register_builtin() -> None:
 
     for s in BUILTIN_SETS:
         register(s.name, s.load, s.description)
+    register("miniworld", _miniworld(False), "the miniworld's in-domain prompts ('a red circle', ...: 16 colour/shape pairs)")
+    register("miniworld-ood", _miniworld(True), "the miniworld's out-of-domain prompts (8 colour/shape pairs never seen in pretraining)")
+
+
+def _miniworld(ood: bool) -> PromptSetFactory:
+    """Loader of the miniworld prompt sets (imports the world, and so torch, only when called)."""
+
+    def load_set() -> list[Prompt]:
+        from raft_diffusion.miniworld import world
+
+        texts = world.out_of_domain_prompts() if ood else world.in_domain_prompts()
+        name = "miniworld-ood" if ood else "miniworld"
+        out = []
+        for i, text in enumerate(texts):
+            colour, shape = world.parse_prompt(text)
+            out.append(Prompt(text, {"set": name, "index": i, "label": text, "colour": colour, "shape": shape}))
+        return out
+
+    return load_set
 
 
 _register_builtin()

@@ -32,7 +32,7 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    pretrained: str = _f("tiny", "hub id or local diffusers folder (or causal LM for backend llm); 'tiny' builds a tiny random pipeline offline")
+    pretrained: str = _f("tiny", "hub id or local diffusers folder (or causal LM for backend llm); 'miniworld' is the bundled miniature SD, 'tiny' a tiny random pipeline built offline")
     revision: Union[str, None] = _f(None, "hub revision (branch, tag or commit)")
     variant: Union[str, None] = _f(None, "weights variant, e.g. 'fp16'")
     dtype: str = _f("float32", f"dtype of the frozen weights: {', '.join(DTYPES)}; LoRA parameters stay float32")

@@ -82,6 +82,33 @@ def _register_builtin() -> None:
     register("multi", multi.multi,
              "weighted sum of scorers, each normalised per prompt (raw / zscore / rank); scorers='a:1,b:0.5'")
 
+    register("miniworld-clip", _miniworld_clip,
+             "CLIP score max(100*cos, 0) on the miniworld's tiny CLIP (same code as clip-score-hf); offline")
+    register("miniworld-aesthetic", _miniworld_aesthetic,
+             "miniworld aesthetic predictor: head on the tiny CLIP's normalised embeddings (same code as aesthetic-v2), 1-10; offline")
+    register("miniworld-fidelity", _miniworld_fidelity,
+             "miniworld: (shape named right + colour named right) / 2 by the tiny CLIP, zero-shot; in {0, 0.5, 1}")
+
+
+def _miniworld_clip(**kwargs: Any) -> Scorer:
+    from raft_diffusion.miniworld import clip_path
+    from scorers.clip_score import clip_score_transformers
+
+    return clip_score_transformers(str(clip_path()), name="miniworld-clip", **kwargs)
+
+
+def _miniworld_aesthetic(**kwargs: Any) -> Scorer:
+    from raft_diffusion.miniworld import aesthetic_path, clip_path
+    from scorers.aesthetic import aesthetic_from_folder
+
+    return aesthetic_from_folder(aesthetic_path(), clip_path(), name="miniworld-aesthetic", **kwargs)
+
+
+def _miniworld_fidelity(**kwargs: Any) -> Scorer:
+    from raft_diffusion.miniworld.fidelity import FidelityScorer
+
+    return FidelityScorer(**kwargs)
+
 
 _register_builtin()
 

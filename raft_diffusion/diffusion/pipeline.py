@@ -31,6 +31,7 @@ SCHEDULER_CLASSES = {
 }
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TINY = "tiny"
+MINIWORLD = "miniworld"  # the committed miniature SD of raft_diffusion/miniworld/assets/pipeline
 
 
 def resolve_device(device: str) -> torch.device:
@@ -93,6 +94,10 @@ def load_pipeline(
     source = pretrained
     if pretrained == TINY:
         source = str(tiny_pipeline_dir(cache_dir))
+    elif pretrained == MINIWORLD:
+        from raft_diffusion.miniworld import pipeline_path
+
+        source = str(pipeline_path())
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
