@@ -102,6 +102,7 @@ class LLMBackend:
         per_round = t.steps_per_round if t.steps_per_round is not None else -(-kept // (t.batch_size * t.gradient_accumulation_steps)) * t.epochs_per_round
         self.trainer = SFTTrainer(self.model, t, per_round * cfg.raft.rounds, cfg.raft.seed, self.pad_id)
         self.prompts_truncated = 0
+        self._tokenizer_files: dict[str, bytes] | None = None
 
     # -------------------------------------------------------------- helpers
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
@@ -149,14 +150,34 @@ class LLMBackend:
         tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{ADAPTER_DIR}-"))
         old = out / f".{ADAPTER_DIR}-old-{os.getpid()}"
         try:
-            self.model.save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
+            self._write_adapter(tmp)
             if final.exists():
                 os.replace(final, old)
             os.replace(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)
+
+    def _write_adapter(self, folder: Path) -> None:
+        """adapter_model.safetensors + adapter_config.json (what peft's save_pretrained writes, without its
+        model card) + the tokenizer files (serialized once, then copied)."""
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+        save_file(weights, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config = self.model.peft_config["default"]
+        training, config.inference_mode = config.inference_mode, True  # as peft's save_pretrained writes it
+        try:
+            config.save_pretrained(str(folder))
+        finally:
+            config.inference_mode = training
+        if self._tokenizer_files is None:
+            with tempfile.TemporaryDirectory() as tok_dir:
+                self.tokenizer.save_pretrained(tok_dir)
+                self._tokenizer_files = {p.name: p.read_bytes() for p in Path(tok_dir).iterdir() if p.is_file()}
+        for name, data in self._tokenizer_files.items():
+            (folder / name).write_bytes(data)
 
     def state_dict(self) -> dict[str, Any]:
         from peft.utils import get_peft_model_state_dict

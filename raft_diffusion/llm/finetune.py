@@ -142,16 +142,17 @@ class SFTTrainer:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """A snapshot (deep copy: later steps do not alter it) of optimizer, schedule, generator, step."""
+        """Optimizer, schedule, generator and step. The optimizer tensors are the live ones: serialize
+        the state (as checkpoints do) before training further."""
         return {
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "step": self.step,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))  # never share tensors with the source
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.generator.set_state(state["generator"])
         self.step = int(state["step"])

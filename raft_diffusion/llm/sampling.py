@@ -6,6 +6,8 @@ every step is drawn from that generator by inverse-CDF sampling inside a logits 
 global RNG plays no part. A sample's response therefore depends on its seed, its prompt and the
 model only -- not on the batch size or on the other samples of the batch -- up to float rounding
 of batched (padded) matmuls, which could flip a draw lying within ~1e-6 of a CDF boundary.
+Across machines, devices or torch thread counts the logits round differently, so the same seed
+gives the same response there only up to such flips (and a run that trains on them can drift).
 
 The response is cut from the prompt by token position (the generated ids after the padded prompt
 length), then at the first eos token, then at the first stop string.
@@ -80,16 +82,20 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 class SeededSampler:
     """Logits processor that samples one token per row from that row's own generator.
 
-    Applies temperature, top-k and top-p (transformers' warpers), draws u ~ U[0, 1) from the row's
-    generator and picks the token by inverse CDF; returns logits that are 0 at the chosen token and
+    Applies temperature, top-k and top-p (transformers' warpers), takes the step's u ~ U[0, 1) from
+    the row's generator (seeded with the sample's seed) and picks the token by inverse CDF; returns logits that are 0 at the chosen token and
     -inf elsewhere, so a greedy ``generate`` emits exactly the sampled tokens. It must be the last
     processor: pass it with ``do_sample=False`` (transformers then adds no warpers after it).
     """
 
-    def __init__(self, seeds: Sequence[int], temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> None:
+    def __init__(self, seeds: Sequence[int], temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 max_steps: int = 256) -> None:
         from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-        self.generators = [torch.Generator("cpu").manual_seed(int(s) % 2**64) for s in seeds]
+        # u[i, t]: the t-th draw of sample i's own generator (drawn up front: one call per sample)
+        self.uniforms = torch.stack([torch.rand(max_steps, generator=torch.Generator("cpu").manual_seed(int(s) % 2**64))
+                                     for s in seeds])
+        self.t = 0
         warpers: list[Any] = []
         if temperature != 1.0:
             warpers.append(TemperatureLogitsWarper(temperature))
@@ -102,7 +108,10 @@ class SeededSampler:
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = self.warpers(input_ids, scores.float())
         probs = torch.softmax(scores, dim=-1)
-        u = torch.stack([torch.rand((), generator=g) for g in self.generators]).to(probs.device)
+        if self.t >= self.uniforms.shape[1]:
+            raise ValueError(f"SeededSampler drew all its {self.uniforms.shape[1]} steps; pass max_steps >= max_new_tokens")
+        u = self.uniforms[:, self.t].to(probs.device)
+        self.t += 1
         cdf = probs.cumsum(-1)
         picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).clamp_(max=probs.shape[1] - 1)
         out = torch.full_like(scores, float("-inf"))
@@ -189,7 +198,7 @@ def generate(
     for start in tqdm(starts, desc="generating", unit="batch", disable=not progress, leave=False):
         rows = [list(r) for r in prompt_ids[start:start + batch_size]]
         ids, mask = left_pad(rows, pad)
-        sampler = SeededSampler(seeds[start:start + batch_size], temperature, top_k, top_p)
+        sampler = SeededSampler(seeds[start:start + batch_size], temperature, top_k, top_p, max_steps=max_new_tokens)
         criteria = StoppingCriteriaList([StopOnStrings(tokenizer, stop, ids.shape[1])] if stop else [])
         seq = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg,
