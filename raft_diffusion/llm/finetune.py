@@ -12,6 +12,7 @@ import contextlib
 import copy
 import logging
 import math
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -35,7 +36,8 @@ def add_lora(model: Any, rank: int, alpha: float | None, dropout: float, targets
         task_type=TaskType.CAUSAL_LM, r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=dropout,
         target_modules=list(targets), init_lora_weights="gaussian" if init == "gaussian" else True,
     )
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)  # peft 0.21 on transformers 5
         torch.manual_seed(seed)
         peft_model = get_peft_model(model, config)
     for p in peft_model.parameters():
