@@ -80,3 +80,28 @@ def test_presets_load():
     assert (hh.raft.k, hh.raft.prompts_per_round, hh.generation.max_new_tokens, hh.generation.max_prompt_tokens) == (32, 2048, 128, 256)
     assert (hh.train.learning_rate, hh.train.epochs_per_round, hh.generation.temperature) == (2e-5, 2, 1.0)
     assert hh.model.pretrained.count("/") == 1 and hh.reward.kwargs["model"].count("/") == 1
+
+
+def test_hh_prompts_train_end_to_end_with_reference_perplexity(tmp_path):
+    import torch
+
+    from raft_diffusion.api import train
+    from raft_diffusion.llm.model import build_tiny_tokenizer
+
+    data.convert_hh(write_hh(tmp_path / "hh.jsonl"), tmp_path / "p.jsonl", build_tiny_tokenizer(), max_prompt_tokens=30)
+    cfg = load_config("llm-tiny", {
+        "prompts.train": str(tmp_path / "p.jsonl"), "prompts.eval": str(tmp_path / "p.jsonl"), "prompts.template": None,
+        "raft.rounds": 1, "raft.k": 2, "raft.prompts_per_round": 2, "raft.eval_samples_per_prompt": 1,
+        "generation.stop": ["human"], "ranking.filter_pattern": "#", "ranking.min_response_chars": 1,
+        "output.dir": str(tmp_path / "run"),
+    })
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        history = train(cfg, progress=False)
+    finally:
+        torch.set_num_threads(n)
+    assert [e["perplexity_n"] for e in history.evals] == [2, 2]
+    assert all(e["perplexity"] > 1 for e in history.evals)
+    assert "human" not in " ".join(json.loads(l)["response"] for l in
+                                   (tmp_path / "run" / "rounds" / "round-0001" / "responses.jsonl").read_text().splitlines())
