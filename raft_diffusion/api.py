@@ -163,15 +163,28 @@ def build_loop(
     progress: bool = True,
 ) -> RaftLoop:
     """Everything :func:`train` runs, assembled but not started (``loop.backend`` is the model)."""
+    from raft_diffusion.core import distributed
     from raft_diffusion.report import reward_curve
 
     cfg = cfg or RaftConfig()
-    run_dir = prepare_run_dir(cfg)
-    reward_fn, scorer_name = build_scorer(cfg, scorer)
-    eval_scorers = build_eval_scorers(cfg)
-    stream, eval_prompts = build_prompts(cfg)
-    filt = build_filter(cfg, sample_filter)
-    backend = build_backend(cfg, progress=progress)
+    # under `accelerate launch` the main process alone prepares and writes the run folder; a
+    # failure anywhere stops every process (Distributed.call); one process: plain calls
+    dist = distributed.get()
+    if dist.enabled and not dist.is_main:
+        logging.getLogger("raft_diffusion").setLevel(logging.WARNING)
+        progress = False
+    prepared = dist.call("preparing the run folder", lambda: prepare_run_dir(cfg), main_only=True)
+    run_dir = prepared if prepared is not None else Path(cfg.output.dir).expanduser()
+
+    def pieces() -> tuple[Any, ...]:
+        reward_fn, scorer_name = build_scorer(cfg, scorer)
+        eval_scorers = build_eval_scorers(cfg)
+        stream, eval_prompts = build_prompts(cfg)
+        filt = build_filter(cfg, sample_filter)
+        backend = build_backend(cfg, progress=progress)
+        return reward_fn, scorer_name, eval_scorers, stream, eval_prompts, filt, backend
+
+    reward_fn, scorer_name, eval_scorers, stream, eval_prompts, filt, backend = dist.call("building the run", pieces)
 
     def after_round(r: int, history: History) -> None:
         reward_curve(history.rounds, run_dir / "reward_curve.png", history.evals, scorer_name)
@@ -180,11 +193,11 @@ def build_loop(
 
     loop = RaftLoop(
         backend, reward_fn, stream, loop_settings(cfg), run_dir, scorer_name=scorer_name,
-        eval_prompts=eval_prompts, eval_scorers=eval_scorers, sample_filter=filt, on_round=after_round,
+        eval_prompts=eval_prompts, eval_scorers=eval_scorers, sample_filter=filt, on_round=after_round, dist=dist,
     )
     if cfg.output.resume and not loop.resume(cfg.output.resume):
         log.info("no checkpoint in %s yet: starting from round 1", run_dir)
-    cfg.to_yaml(run_dir / "config.yaml")
+    dist.call("writing config.yaml", lambda: cfg.to_yaml(run_dir / "config.yaml"), main_only=True)
     log.info("run folder: %s (%s backend, model %s, scorer %s)", run_dir, cfg.backend, cfg.model.pretrained, scorer_name)
     return loop
 

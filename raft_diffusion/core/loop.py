@@ -3,11 +3,19 @@
 Backend-agnostic: it drives any :class:`~raft_diffusion.core.backend.Backend`. After every round
 it writes the round's samples table, a checkpoint (atomic), ``metrics.jsonl`` and the trained
 weights, so a run killed at any moment resumes from its last completed round.
+
+Multi-process runs (``accelerate launch``, see :mod:`raft_diffusion.core.distributed`): every
+process draws the same prompt batch, generates and scores the samples of its contiguous block
+of prompts with the global sample seeds and ids, then rewards/ids are gathered so ranking runs on
+the full batch everywhere; each process trains on the kept samples it generated (the backend
+all-reduces gradients); the main process alone writes the run folder. With one process the
+loop runs exactly the single-process code path.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import statistics
 import sys
@@ -19,11 +27,12 @@ from typing import Any, Callable, Sequence
 import torch
 
 from prompts.types import Prompt
-from raft_diffusion.core import checkpoint, faults, rng
+from raft_diffusion.core import checkpoint, distributed, faults, rng
 from raft_diffusion.core.backend import Backend, Samples
+from raft_diffusion.core.distributed import Distributed, TrainShard, shard_range
 from raft_diffusion.core.ranking import Selection, group_ids, select
 from raft_diffusion.core.records import History, reward_summary, write_jsonl
-from raft_diffusion.errors import RaftError, RunError
+from raft_diffusion.errors import ConfigError, RaftError, RunError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +102,21 @@ class RaftLoop:
         eval_scorers: dict[str, Callable[..., Any]] | None = None,
         sample_filter: SampleFilter | None = None,
         on_round: RoundCallback | None = None,
+        dist: Distributed | None = None,
     ) -> None:
+        self.dist = dist if dist is not None else distributed.get()
+        if self.dist.enabled:
+            w = self.dist.world_size
+            if not getattr(backend, "supports_distributed", False):
+                raise RunError(
+                    f"the {getattr(backend, 'name', type(backend).__name__)} backend does not support multi-process runs "
+                    f"(WORLD_SIZE={w}); run it with one process (plain python, or accelerate launch --num_processes 1)"
+                )
+            if settings.prompts_per_round < w:
+                raise ConfigError(
+                    f"raft.prompts_per_round = {settings.prompts_per_round} is smaller than the {w} processes; "
+                    f"use at least {w} prompts per round or fewer processes (a prompt's K samples stay on one process)"
+                )
         self.backend = backend
         self.scorer = scorer
         self.scorer_name = scorer_name
@@ -152,7 +175,7 @@ class RaftLoop:
 
     def resume(self, resume: str | bool) -> bool:
         """Restore the newest complete checkpoint (or the one named). Returns False when none."""
-        checkpoint.clean_partial(self.run_dir / "checkpoints")
+        self._main_only("cleaning partial checkpoints", lambda: checkpoint.clean_partial(self.run_dir / "checkpoints"))
         path = checkpoint.resolve_resume(self.run_dir, resume)
         if path is None:
             return False
@@ -162,7 +185,7 @@ class RaftLoop:
         self.history = History.from_dict(loop_state["history"], self.run_dir)
         rng.restore(loop_state["rng"])
         self.next_round = int(loop_state["next_round"])
-        self.history.write(self.run_dir)
+        self._main_only("writing metrics", lambda: self.history.write(self.run_dir))
         log.info("resumed from %s: continuing at round %d", path, self.next_round)
         return True
 
@@ -171,6 +194,8 @@ class RaftLoop:
         """Score the eval prompts with fixed seeds (paired across rounds); None when not configured."""
         if not self.eval_prompts:
             return None
+        if self.dist.enabled:
+            return self._evaluate_sharded(round_index)
         k = self.settings.eval_samples_per_prompt
         n = len(self.eval_prompts) * k
         seeds = [rng.sample_seed(self.settings.seed + 7919, 0, i) for i in range(n)]
@@ -192,6 +217,8 @@ class RaftLoop:
     # ----------------------------------------------------------------- rounds
     def run_round(self, r: int) -> dict[str, Any]:
         """One complete round; returns its metrics row."""
+        if self.dist.enabled:
+            return self._run_round_sharded(r)
         s = self.settings
         faults.current_round = r
         t_round = time.perf_counter()
@@ -216,6 +243,7 @@ class RaftLoop:
         t0 = time.perf_counter()
         train_stats = _stage(r, "fine-tuning", lambda: self.backend.finetune(samples, selection.kept))
         t_train = time.perf_counter() - t0
+        self._debug_dump(r)
 
         round_dir = self.run_dir / "rounds" / f"round-{r:04d}"
         round_dir.mkdir(parents=True, exist_ok=True)
@@ -241,28 +269,199 @@ class RaftLoop:
     def run(self) -> History:
         """Run rounds ``next_round .. settings.rounds``; returns the History."""
         s = self.settings
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._main_only("creating the run folder", lambda: self.run_dir.mkdir(parents=True, exist_ok=True))
         if self.next_round == 1 and not self.history.evals:
-            baseline = _stage(0, "baseline evaluation", lambda: self.evaluate(0))
+            baseline = self._eval_stage(0, "baseline evaluation")
             if baseline is not None:
                 self.history.evals.append(baseline)
-                self.history.write(self.run_dir)
+                self._main_only("writing metrics", lambda: self.history.write(self.run_dir))
         for r in range(self.next_round, s.rounds + 1):
             row = self.run_round(r)
             if s.eval_every and (r % s.eval_every == 0 or r == s.rounds):
-                ev = _stage(r, "evaluation", lambda: self.evaluate(r))
+                ev = self._eval_stage(r, "evaluation")
                 if ev is not None:
                     self.history.evals.append(ev)
             self.history.rounds.append(row)
             self.next_round = r + 1
-            _stage(r, "checkpoint", lambda: checkpoint.save_checkpoint(
-                self.run_dir / "checkpoints", r, self.backend.state_dict(), self._loop_state(), s.keep_checkpoints))
-            self.history.write(self.run_dir)
-            _stage(r, "saving weights", lambda: self.backend.save_model(self.run_dir))
-            log.info(
-                "round %d/%d: reward %.4f (unbiased) | kept %.4f | mean %.4f | %.1fs",
-                r, s.rounds, row["reward_unbiased"], row["reward_kept"], row["reward_mean"], row["time_round_s"],
-            )
+            self._synced(r, "checkpoint", lambda: checkpoint.save_checkpoint(
+                self.run_dir / "checkpoints", r, self.backend.state_dict(), self._loop_state(), s.keep_checkpoints),
+                main_only=True)
+            self._main_only("writing metrics", lambda: self.history.write(self.run_dir))
+            self._synced(r, "saving weights", lambda: self.backend.save_model(self.run_dir), main_only=True)
+            if self.dist.is_main:
+                log.info(
+                    "round %d/%d: reward %.4f (unbiased) | kept %.4f | mean %.4f | %.1fs",
+                    r, s.rounds, row["reward_unbiased"], row["reward_kept"], row["reward_mean"], row["time_round_s"],
+                )
             if self.on_round:
-                self.on_round(r, self.history)
+                on_round = self.on_round
+                self._main_only(f"round {r}, the on_round callback", lambda: on_round(r, self.history))
         return self.history
+
+    # ----------------------------------------------------------------- multi-process
+    def _synced(self, r: int, what: str, fn: Callable[[], Any], main_only: bool = False) -> Any:
+        """``_stage`` on one process; on several, a failure anywhere stops every process (see Distributed.call)."""
+        if not self.dist.enabled:
+            return _stage(r, what, fn)
+        return self.dist.call(f"round {r}, {what}", lambda: _stage(r, what, fn), main_only=main_only)
+
+    def _main_only(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run a shared-file write on the main process only; the others wait for its outcome."""
+        if not self.dist.enabled:
+            return fn()
+        return self.dist.call(what, fn, main_only=True)
+
+    def _gather(self, r: int, what: str, obj: Any, to_main: bool = False) -> Any:
+        try:
+            return self.dist.gather_object(obj) if to_main else self.dist.all_gather_object(obj)
+        except Exception as exc:  # noqa: BLE001 - a dead peer or a timeout
+            raise RunError(f"round {r}, {what}: process {self.dist.rank} lost contact with the other processes ({exc})") from exc
+
+    def _eval_stage(self, r: int, what: str) -> dict[str, Any] | None:
+        if not self.dist.enabled:
+            return _stage(r, what, lambda: self.evaluate(r))
+        return self._evaluate_sharded(r, what)
+
+    def _debug_dump(self, r: int) -> None:
+        """With RAFT_DIFFUSION_DIST_DUMP=DIR, every process saves its backend state after round r's training."""
+        folder = os.environ.get(distributed.DEBUG_DUMP_ENV)
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            torch.save(self.backend.state_dict(), Path(folder) / f"round-{r:04d}-rank{self.dist.rank}.pt")
+
+    def _local_samples(self, prompts: Sequence[Prompt], k: int, seed_of: Callable[[int], int], id_of: Callable[[int], str]) -> tuple[Samples | None, int]:
+        """Generate this process's block of ``prompts`` with the global seeds and ids; (samples, first global index)."""
+        lo, hi = shard_range(len(prompts), self.dist.rank, self.dist.world_size)
+        idx = range(lo * k, hi * k)
+        if hi == lo:
+            return None, lo * k
+        samples = self.backend.generate(list(prompts[lo:hi]), k, [seed_of(i) for i in idx], [id_of(i) for i in idx])
+        assert len(samples) == len(idx) and samples.groups == group_ids(hi - lo, k), "backend broke the layout"
+        return samples, lo * k
+
+    @staticmethod
+    def _concat_outputs(parts: Sequence[Any]) -> Any:
+        parts = [p for p in parts if p is not None]
+        if parts and isinstance(parts[0], torch.Tensor):
+            return torch.cat(parts)
+        return [x for p in parts for x in p]
+
+    def _run_round_sharded(self, r: int) -> dict[str, Any]:
+        """One round over several processes (prompts sharded by contiguous blocks; see the module doc)."""
+        s, d = self.settings, self.dist
+        faults.current_round = r
+        t_round = time.perf_counter()
+        batch = self._synced(r, "prompts", lambda: self.stream.next_batch())
+        b = len(batch)
+        n = b * s.k
+        seeds_all = [rng.sample_seed(s.seed, r, i) for i in range(n)]
+        ids_all = [f"r{r}-p{i // s.k}-k{i % s.k}" for i in range(n)]
+        if b < d.world_size:
+            raise ConfigError(f"round {r}: {b} prompts for {d.world_size} processes; use at least one prompt per process")
+
+        t0 = time.perf_counter()
+        samples, offset = self._synced(r, "generation", lambda: self._local_samples(batch, s.k, seeds_all.__getitem__, ids_all.__getitem__))
+        assert samples is not None
+        t_gen = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        rewards_local = self._synced(r, f"scoring with {self.scorer_name!r}", lambda: self.score(samples))
+        t_score = time.perf_counter() - t0
+
+        def ranking_inputs() -> tuple[list[float], list[bool] | None]:
+            mask = self.sample_filter(samples, rewards_local) if self.sample_filter else None
+            return self.selection_rewards(samples, rewards_local), (None if mask is None else [bool(x) for x in mask])
+
+        sel_local, mask_local = self._synced(r, "ranking", ranking_inputs)
+        parts = self._gather(r, "gathering rewards", (rewards_local, sel_local, mask_local, list(samples.ids)))
+        rewards = [x for p in parts for x in p[0]]
+        sel_rewards = [x for p in parts for x in p[1]]
+        mask = None if all(p[2] is None for p in parts) else [x for p in parts for x in p[2]]
+        gathered_ids = [x for p in parts for x in p[3]]
+        if gathered_ids != ids_all:
+            raise RunError(f"round {r}: the processes' samples do not line up with the global batch (ids differ); a backend bug")
+        per_sample = [p for p in batch for _ in range(s.k)]
+        view = Samples(prompts=per_sample, groups=group_ids(b, s.k), ids=ids_all, seeds=seeds_all, outputs=None)
+        selection = self._synced(r, "ranking", lambda: select(
+            sel_rewards, view.groups, s.strategy, k=s.k, top_n=s.top_n, top_k=s.top_k,
+            keep_mask=mask, nonfinite=s.nonfinite, labels=view.texts,
+        ))
+        if not selection.kept:
+            raise RunError(f"round {r}: no sample survived the filter/ranking; loosen the filter")
+
+        mine = range(offset, offset + len(samples))
+        kept_local = [g - offset for g in selection.kept if g in mine]
+        shard = TrainShard(total=len(selection.kept), positions=[p for p, g in enumerate(selection.kept) if g in mine])
+        t0 = time.perf_counter()
+        train_stats = self._synced(r, "fine-tuning", lambda: self.backend.finetune(samples, kept_local, shard=shard))
+        t_train = time.perf_counter() - t0
+        self._debug_dump(r)
+
+        # grids and kept images: the main process writes them from every process's outputs
+        outputs = self._gather(r, "collecting outputs", samples.outputs, to_main=True)
+        round_dir = self.run_dir / "rounds" / f"round-{r:04d}"
+        kept_set, excluded = set(selection.kept), set(selection.excluded)
+
+        def write_round() -> dict[str, Any]:
+            view.outputs = self._concat_outputs(outputs)
+            round_dir.mkdir(parents=True, exist_ok=True)
+            write_jsonl(round_dir / "samples.jsonl", [
+                {"id": view.ids[i], "prompt": view.texts[i], "group": view.groups[i], "seed": view.seeds[i],
+                 "reward": rewards[i], "kept": i in kept_set, "excluded": i in excluded}
+                for i in range(n)
+            ])
+            return self.backend.write_round_artifacts(round_dir, view, rewards, selection.kept) or {}
+
+        extra = self._synced(r, "writing artifacts", write_round, main_only=True)
+        extra = self._gather(r, "sharing artifact metrics", extra)[0] or {}
+
+        row: dict[str, Any] = {"round": r, "scorer": self.scorer_name}
+        row.update(reward_summary(rewards, view.groups, view.texts, selection))
+        row["kept_ids"] = [view.ids[i] for i in selection.kept]
+        row.update({f"train_{k}": v for k, v in train_stats.items()})
+        row.update(extra)
+        row.update({"time_generate_s": t_gen, "time_score_s": t_score, "time_train_s": t_train})
+        row.update(_peak_memory_mb())
+        row["n_processes"] = d.world_size
+        row["time_round_s"] = time.perf_counter() - t_round
+        return row
+
+    def _evaluate_sharded(self, round_index: int, what: str = "evaluation") -> dict[str, Any] | None:
+        """:meth:`evaluate` over several processes: eval prompts sharded, scores gathered, same row everywhere."""
+        if not self.eval_prompts:
+            return None
+        r = round_index
+        k = self.settings.eval_samples_per_prompt
+        scorers = {self.scorer_name: self.scorer, **self.eval_scorers}
+        t0 = time.perf_counter()
+
+        def local() -> tuple[Samples | None, dict[str, list[float]]]:
+            samples, _ = self._local_samples(
+                self.eval_prompts, k, lambda i: rng.sample_seed(self.settings.seed + 7919, 0, i), lambda i: f"eval-p{i // k}-k{i % k}")
+            values = {name: (self.score(samples, scorer, name) if samples is not None else []) for name, scorer in scorers.items()}
+            return samples, values
+
+        samples, values_local = self._synced(r, what, local)
+        parts = self._gather(r, what, values_local)
+        row: dict[str, Any] = {"round": round_index}
+        for name in scorers:
+            values = [x for p in parts for x in p[name]]
+            row[name] = statistics.fmean(values)
+            row[f"{name}_per_prompt"] = {
+                p.text: statistics.fmean(values[j * k:(j + 1) * k]) for j, p in enumerate(self.eval_prompts)
+            }
+        row["seconds"] = time.perf_counter() - t0
+        if hasattr(self.backend, "eval_metrics"):
+            outputs = self._gather(r, what, samples.outputs if samples is not None else None, to_main=True)
+
+            def metrics() -> dict[str, Any]:
+                per_sample = [p for p in self.eval_prompts for _ in range(k)]
+                n = len(per_sample)
+                view = Samples(prompts=per_sample, groups=group_ids(len(self.eval_prompts), k),
+                               ids=[f"eval-p{i // k}-k{i % k}" for i in range(n)], seeds=[0] * n,
+                               outputs=self._concat_outputs(outputs))
+                return self.backend.eval_metrics(view)
+
+            extra = self._synced(r, f"{what} metrics", metrics, main_only=True)
+            row.update(self._gather(r, what, extra)[0] or {})
+        return row

@@ -11,6 +11,7 @@ import torch
 from prompts.types import Prompt
 from raft_diffusion.config import RaftConfig
 from raft_diffusion.core.backend import Samples
+from raft_diffusion.core.distributed import TrainShard
 from raft_diffusion.core.ranking import group_ids
 from raft_diffusion.diffusion import lora as lora_mod
 from raft_diffusion.diffusion import sampling
@@ -36,6 +37,8 @@ class DiffusionBackend:
     """Holds the pipeline, the prompt-embedding cache and the LoRA trainer."""
 
     name = "diffusion"
+    #: multi-process runs: the loop shards prompts and passes ``shard`` to :meth:`finetune`
+    supports_distributed = True
 
     def __init__(self, cfg: RaftConfig, pipe: Any | None = None, progress: bool = True) -> None:
         self.cfg = cfg
@@ -87,10 +90,16 @@ class DiffusionBackend:
             outputs=result.images, extras={"latents": result.latents},
         )
 
-    def finetune(self, samples: Samples, kept: Sequence[int]) -> dict[str, float]:
+    def finetune(self, samples: Samples, kept: Sequence[int], shard: TrainShard | None = None) -> dict[str, float]:
+        """Train on ``samples[kept]``; with ``shard`` (several processes) these are this process's kept samples."""
         idx = torch.tensor(list(kept), dtype=torch.long)
         latents = samples.extras["latents"][idx]
-        embeds = self.encoder([samples.texts[i] for i in kept])
+        if shard is not None and not kept:
+            embeds = self.encoder(samples.texts[:1])[:0]  # owns no kept sample: still joins every all-reduce
+        else:
+            embeds = self.encoder([samples.texts[i] for i in kept])
+        if shard is not None:
+            return self.trainer.train(latents, embeds, progress=self.progress, shard=shard)
         return self.trainer.train(latents, embeds, progress=self.progress)
 
     def save_model(self, out_dir: Path) -> None:

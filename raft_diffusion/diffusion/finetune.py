@@ -4,6 +4,12 @@ The kept samples' final latents are already VAE-scaled, so no VAE encode is need
 draws timesteps t ~ U[0, T), noise eps, forms x_t = add_noise(x0, eps, t) and regresses the
 UNet's output on eps (epsilon prediction) or on the velocity (v-prediction), as the scheduler
 config says. Training noise comes from a private seeded generator that is checkpointed.
+
+Several processes (``train(..., shard=TrainShard)``): every process draws the same batch order,
+noise and timesteps for the whole global micro-batch from its generator (kept in lock-step),
+computes the loss only on the rows it owns (sum over owned rows / global micro-batch size),
+and the LoRA gradients are all-reduced (summed) before clipping and the optimizer step, so the
+update equals the one-process update up to float rounding and the weights stay equal everywhere.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from raft_diffusion.core import faults
+from raft_diffusion.core import distributed, faults
+from raft_diffusion.core.distributed import PeerFailure, TrainShard
 from raft_diffusion.diffusion.lora import lora_parameters
 from raft_diffusion.errors import ConfigError, RunError
 
@@ -97,8 +104,15 @@ class LoraTrainer:
         per_epoch = math.ceil(n / (c.batch_size * c.gradient_accumulation_steps))
         return per_epoch * c.epochs_per_round
 
-    def train(self, latents: torch.Tensor, embeds: torch.Tensor, progress: bool = True) -> dict[str, float]:
-        """Run one round of training on M kept samples; returns mean loss, last lr and step count."""
+    def train(
+        self, latents: torch.Tensor, embeds: torch.Tensor, progress: bool = True, shard: TrainShard | None = None,
+    ) -> dict[str, float]:
+        """Run one round of training on M kept samples; returns mean loss, last lr and step count.
+
+        With ``shard``, ``latents``/``embeds`` are this process's kept samples only (see the module doc).
+        """
+        if shard is not None:
+            return self._train_sharded(latents, embeds, shard, progress)
         c = self.cfg
         m = latents.shape[0]
         steps = self.steps_for(m)
@@ -118,6 +132,89 @@ class LoraTrainer:
                     raise RunError(f"training loss is {loss.item()} at step {self.step + 1}; lower train.learning_rate or check the data")
                 (loss / c.gradient_accumulation_steps).backward()
                 losses.append(loss.item())
+            if c.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
+            self.optimizer.step()
+            self.lr_scheduler.step()
+            self.step += 1
+            faults.point("train")
+        self.unet.eval()
+        return {
+            "loss": sum(losses) / len(losses) if losses else float("nan"),
+            "lr": self.lr_scheduler.get_last_lr()[0],
+            "steps": steps,
+            "global_step": self.step,
+        }
+
+    def per_row_loss(self, x0: torch.Tensor, embeds: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Noise-prediction MSE of each row (B,), given the noise and timesteps."""
+        sched = self.noise_scheduler
+        device = self.device
+        noise, t, x0 = noise.to(device), t.to(device), x0.to(device)
+        noisy = sched.add_noise(x0, noise, t)
+        kind = sched.config.prediction_type
+        if kind == "epsilon":
+            target = noise
+        elif kind == "v_prediction":
+            target = sched.get_velocity(x0, noise, t)
+        else:
+            raise ConfigError(f"scheduler prediction_type {kind!r} is not supported; use epsilon or v_prediction")
+        with self._autocast():
+            pred = self.unet(noisy.to(self.dtype), t, encoder_hidden_states=embeds.to(device, self.dtype), return_dict=False)[0]
+        return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+
+    def _train_sharded(self, latents: torch.Tensor, embeds: torch.Tensor, shard: TrainShard, progress: bool) -> dict[str, float]:
+        dist = distributed.get()
+        c = self.cfg
+        m = shard.total
+        if len(shard.positions) != latents.shape[0]:
+            raise RunError(f"training shard has {len(shard.positions)} positions for {latents.shape[0]} latents")
+        steps = self.steps_for(m)
+        self.unet.train()
+        losses: list[float] = []
+        local_of = torch.full((m,), -1, dtype=torch.long)
+        if shard.positions:
+            local_of[torch.tensor(shard.positions, dtype=torch.long)] = torch.arange(len(shard.positions))
+        order = torch.randperm(m, generator=self.generator)
+        cursor = 0
+        n_timesteps = self.noise_scheduler.config.num_train_timesteps
+        for _ in tqdm(range(steps), desc="training", unit="step", disable=not progress, leave=False):
+            self.optimizer.zero_grad(set_to_none=True)
+            failure: BaseException | None = None
+            sums: list[float] = []
+            sizes: list[int] = []
+            for _ in range(c.gradient_accumulation_steps):
+                if cursor + c.batch_size > m and cursor > 0:
+                    order, cursor = torch.randperm(m, generator=self.generator), 0
+                idx = order[cursor:cursor + c.batch_size]
+                cursor += c.batch_size
+                bsz = int(idx.shape[0])
+                # the whole global micro-batch's draws, in the one-process order: noise, then timesteps
+                noise = torch.randn((bsz, *latents.shape[1:]), generator=self.generator)
+                t = torch.randint(0, n_timesteps, (bsz,), generator=self.generator)
+                rows = local_of[idx]
+                own = rows >= 0
+                total = 0.0
+                if failure is None and bool(own.any()):
+                    try:
+                        sel = rows[own]
+                        loss_sum = self.per_row_loss(latents[sel], embeds[sel], noise[own], t[own]).sum()
+                        (loss_sum / (bsz * c.gradient_accumulation_steps)).backward()
+                        total = loss_sum.item()
+                    except Exception as exc:  # noqa: BLE001 - reported to every process through the all-reduce
+                        failure = exc
+                sums.append(total)
+                sizes.append(bsz)
+            reduced = dist.all_reduce_grads_(self.params, "sum", [*sums, 1.0 if failure is not None else 0.0])
+            if reduced[-1] > 0:
+                if failure is not None:
+                    raise failure
+                raise PeerFailure(f"training step {self.step + 1}: another process failed")
+            for total, bsz in zip(reduced[:-1], sizes):
+                loss = total / bsz
+                if not math.isfinite(loss):
+                    raise RunError(f"training loss is {loss} at step {self.step + 1}; lower train.learning_rate or check the data")
+                losses.append(loss)
             if c.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
             self.optimizer.step()

@@ -1,0 +1,211 @@
+"""Multi-process runs: 1 process vs 2 CPU processes (gloo) give the same kept sets and LoRA; a failure
+on one process ends the run everywhere with its message.
+
+The 2-process runs use ``accelerate launch --multi_gpu --num_processes 2``: that is accelerate's
+torchrun launcher, which also starts CPU processes (no GPU here, so gloo). ``accelerate launch
+--cpu --num_processes 2`` starts ONE process in accelerate 1.x unless mpirun is configured; the
+project warns about it (see test_accelerate_cpu_single_process_warning).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from raft_diffusion.core import distributed
+from raft_diffusion.core.distributed import DEBUG_DUMP_ENV, TIMEOUT_ENV, Distributed, shard_range
+
+ROUNDS = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _args(pipe_dir, out_dir, *extra):
+    return [
+        "train", "--no-progress", "--output", str(out_dir),
+        "--model.pretrained", str(pipe_dir), "--raft.rounds", str(ROUNDS), "--raft.k", "2", "--raft.prompts_per_round", "2",
+        "--raft.seed", "3", "--sampling.steps", "2", "--sampling.batch_size", "4", "--train.steps_per_round", "3",
+        "--train.batch_size", "2", "--train.learning_rate", "1e-3", "--prompts.eval", "cifar10", "--prompts.eval_limit", "2",
+        *extra,
+    ]
+
+
+def _env(**extra):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", TIMEOUT_ENV: "60", **extra}
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "RAFT_DIFFUSION_KILL_AT"):
+        env.pop(var, None)
+    return env
+
+
+def run_one(pipe_dir, out_dir, dump, *extra):
+    cmd = [sys.executable, "-m", "raft_diffusion", *_args(pipe_dir, out_dir, *extra)]
+    return subprocess.run(cmd, env=_env(**{DEBUG_DUMP_ENV: str(dump)}), capture_output=True, text=True, timeout=180)
+
+
+def run_two(pipe_dir, out_dir, dump, *extra, env=None, timeout=180):
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "-m", "raft_diffusion", *_args(pipe_dir, out_dir, *extra),
+    ]
+    return subprocess.run(cmd, env=_env(**{DEBUG_DUMP_ENV: str(dump)}, **(env or {})), capture_output=True, text=True, timeout=timeout)
+
+
+def lora_of(dump, r, rank):
+    return torch.load(dump / f"round-{r:04d}-rank{rank}.pt", map_location="cpu", weights_only=True)["lora"]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_pipeline_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    t0 = time.perf_counter()
+    one = run_one(tiny_pipeline_dir, root / "one", root / "dump-one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    t1 = time.perf_counter()
+    two = run_two(tiny_pipeline_dir, root / "two", root / "dump-two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    t2 = time.perf_counter()
+    print(f"\n1 process: {t1 - t0:.1f}s, 2 processes (accelerate launch): {t2 - t1:.1f}s")
+    return root
+
+
+def test_same_kept_ids_and_rows(runs):
+    a = [json.loads(line) for line in open(runs / "one" / "metrics.jsonl")]
+    b = [json.loads(line) for line in open(runs / "two" / "metrics.jsonl")]
+    assert [r["round"] for r in b] == list(range(1, ROUNDS + 1))
+    assert [r["kept_ids"] for r in a] == [r["kept_ids"] for r in b]
+    assert all(r["n_processes"] == 2 for r in b)
+    for x, y in zip(a, b):
+        for key in ("reward_unbiased", "reward_mean", "reward_kept", "n_kept", "n_samples", "best_per_prompt"):
+            assert x[key] == y[key], key
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
+        assert x["diversity"] == pytest.approx(y["diversity"], rel=1e-5)
+    for r in range(1, ROUNDS + 1):
+        rel = f"rounds/round-{r:04d}/samples.jsonl"
+        assert (runs / "one" / rel).read_text() == (runs / "two" / rel).read_text(), rel
+        kept = sorted(p.name for p in (runs / "two" / f"rounds/round-{r:04d}/kept").iterdir())
+        assert kept == sorted(f"{i}.png" for i in b[r - 1]["kept_ids"])
+        assert (runs / "two" / f"rounds/round-{r:04d}/grid.png").is_file()
+    ea = [json.loads(line) for line in open(runs / "one" / "eval.jsonl")]
+    eb = [json.loads(line) for line in open(runs / "two" / "eval.jsonl")]
+    assert [e["round"] for e in eb] == list(range(ROUNDS + 1))
+    key = "jpeg-compressibility"
+    assert [e[key] for e in ea] == pytest.approx([e[key] for e in eb], abs=1e-6)
+
+
+def test_lora_equal_across_processes_and_to_one_process(runs):
+    one, two = runs / "dump-one", runs / "dump-two"
+    worst = 0.0
+    for r in range(1, ROUNDS + 1):
+        ref, r0, r1 = lora_of(one, r, 0), lora_of(two, r, 0), lora_of(two, r, 1)
+        assert ref.keys() == r0.keys() == r1.keys()
+        for k in ref:
+            assert torch.equal(r0[k], r1[k]), f"round {r}: {k} differs between process 0 and process 1"
+            # Adam normalises the update, so float-rounding differences of near-zero gradient entries
+            # (batched vs per-process UNet calls, summation order) show up as ~lr * 1e-3
+            torch.testing.assert_close(r0[k], ref[k], atol=1e-5, rtol=1e-4, msg=f"round {r}: {k} vs 1 process")
+            worst = max(worst, (r0[k] - ref[k]).abs().max().item())
+    print(f"\nmax |LoRA(2 processes) - LoRA(1 process)| = {worst:.3g}")
+    a = load_file(runs / "one" / "pytorch_lora_weights.safetensors")
+    b = load_file(runs / "two" / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_only_main_writes_the_run_folder(runs):
+    run = runs / "two"
+    names = sorted(p.name for p in run.iterdir())
+    assert names == ["checkpoints", "config.yaml", "eval.jsonl", "metrics.jsonl", "pytorch_lora_weights.safetensors",
+                     "reward_curve.png", "rounds"]
+    assert not [p for p in run.rglob("*") if ".tmp" in p.name]
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == [f"round-{r:04d}" for r in range(1, ROUNDS + 1)]
+
+
+def test_failure_on_one_process_ends_the_run_everywhere(tiny_pipeline_dir, tmp_path):
+    mod = tmp_path / "mods"
+    mod.mkdir()
+    (mod / "rank_bomb.py").write_text(
+        "import os, torch\n"
+        "def score(images, prompts, metadata):\n"
+        "    if os.environ.get('RANK') == '1':\n"
+        "        raise RuntimeError('scorer exploded on rank 1')\n"
+        "    return torch.zeros(len(prompts))\n"
+    )
+    pythonpath = os.pathsep.join([str(mod), os.environ.get("PYTHONPATH", "")])
+    t0 = time.perf_counter()
+    proc = run_two(tiny_pipeline_dir, tmp_path / "run", tmp_path / "dump", "--reward.scorer", "rank_bomb:score",
+                   "--prompts.eval", "null", env={"PYTHONPATH": pythonpath}, timeout=120)
+    assert proc.returncode != 0
+    assert time.perf_counter() - t0 < 120
+    err = proc.stderr
+    assert "scorer exploded on rank 1" in err, err[-3000:]
+    assert "process 1 of 2 failed: round 1, scoring with 'rank_bomb:score'" in err, err[-3000:]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text().strip()
+
+
+# ------------------------------------------------------------------ in-process, no subprocess
+def test_shard_range_covers_every_prompt_once():
+    for n in range(1, 9):
+        for w in range(1, n + 1):
+            blocks = [shard_range(n, r, w) for r in range(w)]
+            assert blocks[0][0] == 0 and blocks[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+            assert all(hi > lo for lo, hi in blocks)
+
+
+def test_single_process_object_is_a_no_op():
+    d = Distributed()
+    assert (d.rank, d.world_size, d.is_main, d.enabled) == (0, 1, True, False)
+    assert d.all_gather_object("x") == ["x"] and d.gather_object(3) == [3] and d.broadcast_object(4) == 4
+    t = torch.ones(3)
+    assert d.all_reduce_(t) is t and torch.equal(t, torch.ones(3))
+    with pytest.raises(ZeroDivisionError):
+        d.call("x", lambda: 1 / 0)
+
+
+class _TwoProcesses(Distributed):
+    rank, world_size = 0, 2
+
+
+def test_backend_without_distributed_support_is_refused(tmp_path):
+    import prompts
+    from raft_diffusion.core.loop import LoopSettings, RaftLoop
+    from raft_diffusion.errors import ConfigError, RunError
+    from tests.fakes import VectorBackend, sum_reward
+
+    stream = prompts.PromptStream([prompts.Prompt("p")] * 4, 2, seed=1)
+    backend = VectorBackend()
+    with pytest.raises(RunError, match="does not support multi-process runs .WORLD_SIZE=2."):
+        RaftLoop(backend, sum_reward, stream, LoopSettings(prompts_per_round=2), tmp_path, dist=_TwoProcesses())
+    backend.supports_distributed = True
+    with pytest.raises(ConfigError, match="prompts_per_round = 1 is smaller than the 2 processes"):
+        RaftLoop(backend, sum_reward, stream, LoopSettings(prompts_per_round=1), tmp_path, dist=_TwoProcesses())
+
+
+def test_accelerate_cpu_single_process_warning(monkeypatch, caplog):
+    for var in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    distributed.set_current(None)
+    try:
+        with caplog.at_level(logging.WARNING, logger="raft_diffusion.core.distributed"):
+            d = distributed.get()
+        assert not d.enabled
+        assert "accelerate launch --multi_gpu --num_processes N" in caplog.text
+    finally:
+        distributed.set_current(None)
