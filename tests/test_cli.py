@@ -127,3 +127,11 @@ def test_not_a_pipeline_folder(capsys, tmp_path):
     (tmp_path / "notpipe").mkdir()
     code, _, err = run_cli(capsys, "generate", "--model", str(tmp_path / "notpipe"), "--prompt", "x", "--out", str(tmp_path / "o"))
     assert code == 2 and "is not a diffusers pipeline folder (no model_index.json)" in one_line_error(err)
+
+
+def test_backend_flag_selects_the_llm_default(capsys):
+    import yaml
+
+    code, out, _ = run_cli(capsys, "train", "--backend", "llm", "--print-config")
+    data = yaml.safe_load(out)
+    assert code == 0 and data["backend"] == "llm" and data["model"]["pretrained"] == "tiny-lm"

@@ -28,6 +28,8 @@ def register(sub: Any) -> None:
                    help="continue the run in --output.dir from its newest checkpoint ('latest') or a checkpoint folder")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
     p.add_argument("--output", "-o", metavar="DIR", help="run folder (same as --output.dir)")
+    p.add_argument("--backend", choices=["diffusion", "llm"],
+                   help="model backend (same as --backend in a config); with no CONFIG, 'llm' runs the llm-tiny preset")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("--help-config", action="store_true", help="list every config field with its default and help")
     p.add_argument("--list-presets", action="store_true", help="list the bundled presets")
@@ -78,13 +80,16 @@ def run(args: argparse.Namespace) -> int:
         overrides["output.resume"] = args.resume
     if args.overwrite:
         overrides["output.overwrite"] = True
-    cfg = load_config(args.config or "default", overrides)
+    if args.backend:
+        overrides["backend"] = args.backend
+    default = "llm-tiny" if args.backend == "llm" else "default"
+    cfg = load_config(args.config or default, overrides)
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
     from raft_diffusion.api import train
 
-    what = args.config or "the embedded default"
+    what = args.config or f"the embedded default ({default} preset)"
     log.info("raft-diffusion train: %s | backend %s | model %s | scorer %s | %d rounds x %d prompts x K=%d",
              what, cfg.backend, cfg.model.pretrained, cfg.reward.scorer, cfg.raft.rounds, cfg.raft.prompts_per_round, cfg.raft.k)
     history = train(cfg, progress=not args.no_progress)
@@ -97,5 +102,9 @@ def run(args: argparse.Namespace) -> int:
         name = last.get("scorer", cfg.reward.scorer)
         print(f"eval prompts ({name}): before {_fmt(history.evals[0].get(name))} -> after {_fmt(history.evals[-1].get(name))}")
     run_dir = history.run_dir
-    print(f"run folder: {run_dir}  (metrics.jsonl, reward_curve.png, rounds/*/grid.png, pytorch_lora_weights.safetensors)")
+    if cfg.backend == "llm":
+        files = "metrics.jsonl, reward_curve.png, rounds/*/responses.jsonl and kept.jsonl, adapter/"
+    else:
+        files = "metrics.jsonl, reward_curve.png, rounds/*/grid.png, pytorch_lora_weights.safetensors"
+    print(f"run folder: {run_dir}  ({files})")
     return 0
