@@ -85,7 +85,7 @@ class ZeroShot:
         with torch.no_grad():
             t = features(clip.get_text_features(input_ids=tokenize(tokenizer, texts)))
         self.text = F.normalize(t, dim=-1)
-        self.scale = float(clip.logit_scale.exp().clamp(max=100))
+        self.scale = float(clip.logit_scale.detach().exp().clamp(max=100))
 
     @torch.no_grad()
     def image_embeds(self, images: torch.Tensor, batch: int = 256) -> torch.Tensor:

@@ -79,3 +79,11 @@ def build_tokenizer(work_dir: str | Path, model_max_length: int = 77):
     )
     assert len(tok) == VOCAB_SIZE and tok.bos_token_id == BOS_ID and tok.eos_token_id == EOS_ID
     return tok
+
+
+def slim_tokenizer_folder(folder: str | Path) -> None:
+    """Replace the 3.6 MB ``tokenizer.json`` that ``save_pretrained`` writes by ``vocab.json`` +
+    ``merges.txt`` (1.4 MB), from which ``CLIPTokenizer.from_pretrained`` rebuilds the same tokenizer."""
+    folder = Path(folder)
+    (folder / "tokenizer.json").unlink(missing_ok=True)
+    write_vocab_files(folder)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from raft_diffusion.miniworld import common, world
-from raft_diffusion.miniworld.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, build_tokenizer
+from raft_diffusion.miniworld.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, build_tokenizer, slim_tokenizer_folder
 
 log = logging.getLogger(__name__)
 
@@ -111,5 +111,73 @@ def save_clip(model, tok, processor, clip_dir: Path) -> None:
     clip_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(clip_dir)
     tok.save_pretrained(clip_dir)
+    slim_tokenizer_folder(clip_dir)
     processor.save_pretrained(clip_dir)
     common.halve_embeddings(clip_dir / "model.safetensors")
+
+
+def finetune_vision(out: str | Path, *, seed: int = 0, steps: int = 3000, batch_size: int = 128, lr: float = 1e-3,
+                    max_seconds: float | None = None, pair_weight: float = 1.0) -> dict:
+    """Second stage: train the image tower (and its projection, and the temperature) further against
+    the FROZEN text tower of ``<out>/clip``, so the text encoder the UNet is conditioned on does not
+    change. Loss: the caption contrastive loss plus a prompt-classification term (CLIP's zero-shot
+    recipe used as a loss) over the texts "a {colour} {shape}" of the in-domain pairs only, for
+    single-object images."""
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    t0 = time.time()
+    clip_dir = Path(out) / "clip"
+    common.seed_all(seed + 11)
+    model = CLIPModel.from_pretrained(clip_dir)
+    tok = CLIPTokenizer.from_pretrained(clip_dir)
+    processor = CLIPImageProcessor.from_pretrained(clip_dir)
+    model.text_model.requires_grad_(False)
+    model.text_projection.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    progress = common.Progress(steps, max_seconds)
+    warm = max(1, steps // 50)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * progress.fraction(i)))
+    )
+    pairs = world.in_domain_combos()
+    with torch.no_grad():
+        pair_txt = F.normalize(common.features(model.get_text_features(
+            input_ids=common.tokenize(tok, [f"{world.article(c)} {c} {s}" for c, s in pairs]))), dim=-1)
+    pair_index = {p: i for i, p in enumerate(pairs)}
+    data = world.stream(seed + 12, batch_size)
+    model.train()
+    loss_ema, done = None, 0
+    bar = tqdm(range(steps), desc="clip-vision", mininterval=10, disable=steps < 20)
+    for step in bar:
+        if progress.done(step):
+            break
+        images, captions, scenes = next(data)
+        with torch.no_grad():
+            txt = F.normalize(common.features(model.get_text_features(input_ids=common.tokenize(tok, captions))), dim=-1)
+        img = F.normalize(common.features(model.get_image_features(pixel_values=common.preprocess(images, processor))), dim=-1)
+        scale = model.logit_scale.exp().clamp(max=100)
+        logits = scale * img @ txt.T
+        same = torch.tensor([[a == b for b in captions] for a in captions], dtype=torch.float32)
+        target = same / same.sum(1, keepdim=True)
+        loss = 0.5 * (-(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.log_softmax(0)).sum(0).mean())
+        single = [i for i, s in enumerate(scenes) if len(s.objects) == 1]
+        if pair_weight and single:
+            labels = torch.tensor([pair_index[(scenes[i].objects[0].colour, scenes[i].objects[0].shape)] for i in single])
+            loss = loss + pair_weight * F.cross_entropy(scale * img[single] @ pair_txt.T, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        done = step + 1
+        loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
+        if step % 100 == 0:
+            log.info("clip-vision step %d loss %.4f (%.0f s)", step, loss_ema, time.time() - t0)
+        bar.set_postfix(loss=f"{loss_ema:.3f}", refresh=False)
+    model.eval()
+    model.save_pretrained(clip_dir)
+    common.halve_embeddings(clip_dir / "model.safetensors")
+    wall = time.time() - t0
+    log.info("clip-vision: %d steps in %.1f s", done, wall)
+    return {"steps": done, "wall_s": round(wall, 1), "final_loss": round(float(loss_ema or 0.0), 4)}

@@ -1,0 +1,71 @@
+"""``raft-diffusion miniworld build|evaluate``: train the miniworld models, or print their figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "miniworld",
+        help="build or evaluate the miniworld (miniature SD, CLIP and aesthetic predictor)",
+        description="The miniworld: a procedural world of shapes with miniature models trained on the CPU.",
+    )
+    sub = parser.add_subparsers(dest="miniworld_command", metavar="ACTION")
+    b = sub.add_parser("build", help="train every miniworld model (seeded) and write the assets and figures")
+    b.add_argument("--out", default=None, help="output folder (default: the package's assets folder)")
+    b.add_argument("--seed", type=int, default=0, help="seed of every training stream (default 0)")
+    b.add_argument("--quick", action="store_true", help="tiny models and a few steps: a smoke test in seconds")
+    b.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    e = sub.add_parser("evaluate", help="print the figures of a miniworld assets folder")
+    e.add_argument("--assets", default=None, help="assets folder (default: the committed one)")
+    e.add_argument("--recompute", action="store_true", help="measure again instead of reading figures.json")
+    e.add_argument("--quick", action="store_true", help="with --recompute: small held-out sets, 2 sampling steps")
+    parser.set_defaults(func=run, parser=parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from raft_diffusion.errors import ConfigError, ModelError
+    from raft_diffusion.miniworld import assets_dir
+
+    action = getattr(args, "miniworld_command", None)
+    if action is None:
+        args.parser.print_help()
+        return 2
+    if action == "build":
+        import torch
+
+        from raft_diffusion.miniworld.build import build
+        from raft_diffusion.miniworld.figures import write_markdown
+
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        out = Path(args.out) if args.out else assets_dir()
+        figures = build(out, seed=args.seed, quick=args.quick, evaluate=not args.no_eval)
+        write_markdown(out, figures)
+        print(json.dumps(figures.get("figures", {}), indent=2))
+        print(f"train wall time {figures['train_wall_s']} s, total {figures['total_wall_s']} s; assets in {out}")
+        return 0
+    if action == "evaluate":
+        folder = Path(args.assets) if args.assets else assets_dir()
+        if not (folder / "pipeline").is_dir() or not (folder / "clip").is_dir():
+            raise ModelError(f"{folder} is not a miniworld assets folder (needs pipeline/ and clip/); "
+                             "run `raft-diffusion miniworld build --out DIR` first")
+        if args.recompute or not (folder / "figures.json").is_file():
+            from raft_diffusion.miniworld.evaluate import evaluate_all
+
+            figures = evaluate_all(folder, quick=args.quick)
+        else:
+            figures = json.loads((folder / "figures.json").read_text()).get("figures", {})
+        print(json.dumps(figures, indent=2))
+        return 0
+    raise ConfigError(f"unknown miniworld action {action!r}; use build or evaluate")
