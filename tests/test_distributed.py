@@ -209,3 +209,56 @@ def test_accelerate_cpu_single_process_warning(monkeypatch, caplog):
         assert "accelerate launch --multi_gpu --num_processes N" in caplog.text
     finally:
         distributed.set_current(None)
+
+
+def _collectives_worker(rank: int, port: int, out_dir: str) -> None:
+    """A 2-process gloo group without any model: grads all-reduce (None = zeros), failure sync."""
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank),
+                       "LOCAL_RANK": str(rank), "ACCELERATE_USE_CPU": "true"})
+    from raft_diffusion.core.distributed import ProcessGroup
+    from raft_diffusion.errors import ConfigError, RunError
+
+    d = ProcessGroup(timeout_s=30)
+    out: dict = {"rank": d.rank, "world": d.world_size}
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.full((3,), 2.0) if rank == 0 else None
+    out["extra"] = d.all_reduce_grads_([p], "sum", [rank + 1.0, 0.5])
+    out["grad"] = p.grad.tolist()
+    out["gathered"] = d.all_gather_object(rank * 10)
+    out["main_only"] = d.call("writing", lambda: "wrote", main_only=True)
+
+    def bomb():
+        if rank == 1:
+            raise ValueError("boom on 1")
+        return "ok"
+
+    try:
+        d.call("round 3, scoring", bomb)
+    except RunError as exc:
+        out["error"] = [type(exc).__name__, str(exc)]
+
+    def config_bomb():
+        raise ConfigError("output.dir is a file")
+
+    try:
+        d.call("preparing", config_bomb, main_only=True)
+    except (RunError, ConfigError) as exc:
+        out["config_error"] = [type(exc).__name__, str(exc)]
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
+        json.dump(out, fh)
+
+
+def test_collectives_and_failure_sync_in_a_gloo_group(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_collectives_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert (r0["rank"], r1["rank"], r0["world"]) == (0, 1, 2)
+    assert r0["extra"] == r1["extra"] == [3.0, 1.0]
+    assert r0["grad"] == r1["grad"] == [2.0, 2.0, 2.0]
+    assert r0["gathered"] == r1["gathered"] == [0, 10]
+    assert (r0["main_only"], r1["main_only"]) == ("wrote", None)
+    for r in (r0, r1):
+        assert r["error"] == ["RunError", "process 1 of 2 failed: ValueError: boom on 1"]
+        assert r["config_error"][1] == "process 0 of 2 failed: output.dir is a file"
+    assert r0["config_error"][0] == "ConfigError" and r1["config_error"][0] == "RunError"

@@ -185,7 +185,8 @@ class ProcessGroup(Distributed):
             except PeerFailure as exc:
                 error, status = exc, ("peer", str(exc))
             except Exception as exc:  # noqa: BLE001 - every failure must reach the other processes
-                error, status = exc, ("error", str(exc) or type(exc).__name__)
+                msg = str(exc) if isinstance(exc, RaftError) else f"{type(exc).__name__}: {exc}"
+                error, status = exc, ("error", msg)
         try:
             statuses = self.all_gather_object(status)
         except Exception as exc:  # noqa: BLE001 - a dead peer or a timeout
