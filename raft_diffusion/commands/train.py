@@ -93,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
     log.info("raft-diffusion train: %s | backend %s | model %s | scorer %s | %d rounds x %d prompts x K=%d",
              what, cfg.backend, cfg.model.pretrained, cfg.reward.scorer, cfg.raft.rounds, cfg.raft.prompts_per_round, cfg.raft.k)
     history = train(cfg, progress=not args.no_progress)
+    from raft_diffusion.core import distributed
+
+    if not distributed.get().is_main:
+        return 0
     rows = history.rounds
     first, last = rows[0], rows[-1]
     print(f"ran {what}: {cfg.backend} backend, model {cfg.model.pretrained!r}, scorer {cfg.reward.scorer!r}")
