@@ -246,6 +246,9 @@ def _collectives_worker(rank: int, port: int, out_dir: str) -> None:
         out["config_error"] = [type(exc).__name__, str(exc)]
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
         json.dump(out, fh)
+    # leave together: a rank that exits while its peer still talks to the store aborts (SIGABRT)
+    d.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def test_collectives_and_failure_sync_in_a_gloo_group(tmp_path):

@@ -13,6 +13,7 @@ from raft_diffusion.config import RaftConfig
 from raft_diffusion.core.backend import Samples
 from raft_diffusion.core.distributed import TrainShard
 from raft_diffusion.core.ranking import group_ids
+from raft_diffusion.training import expected_kept_per_round
 from raft_diffusion.diffusion import lora as lora_mod
 from raft_diffusion.diffusion import sampling
 from raft_diffusion.diffusion.finetune import LoraTrainer
@@ -21,16 +22,6 @@ from raft_diffusion.errors import ConfigError
 from raft_diffusion.report import diversity, image_grid, save_atomic_image
 
 log = logging.getLogger(__name__)
-
-
-def expected_kept_per_round(cfg: RaftConfig) -> int:
-    """How many samples a round keeps under the configured strategy (for the LR schedule length)."""
-    b, r = cfg.raft.prompts_per_round, cfg.ranking
-    if r.strategy == "per_prompt":
-        return b * r.top_n
-    if r.strategy == "global":
-        return b
-    return min(b, r.top_k or b)
 
 
 class DiffusionBackend:

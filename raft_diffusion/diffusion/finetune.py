@@ -26,21 +26,10 @@ from tqdm.auto import tqdm
 from raft_diffusion.core import distributed, faults
 from raft_diffusion.core.distributed import PeerFailure, TrainShard
 from raft_diffusion.diffusion.lora import lora_parameters
+from raft_diffusion.training import make_optimizer
 from raft_diffusion.errors import ConfigError, RunError
 
 log = logging.getLogger(__name__)
-
-
-def make_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
-    """AdamW (or bitsandbytes 8-bit AdamW) over the LoRA parameters."""
-    kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise ConfigError("train.optimizer 'adamw8bit' needs bitsandbytes; pip install bitsandbytes or use 'adamw'") from None
-        return bnb.optim.AdamW8bit(params, **kwargs)
-    return torch.optim.AdamW(params, **kwargs)
 
 
 class LoraTrainer:

@@ -186,20 +186,6 @@ def write_tiny_pipeline(out_dir: str | Path, seed: int = 0, sample_size: int = 1
 
 def tiny_pipeline_dir(cache_dir: str | Path | None = None) -> Path:
     """A cached tiny pipeline folder (built once per cache dir): what ``pretrained: tiny`` loads."""
-    import os
+    from raft_diffusion.training import cached_folder
 
-    root = Path(cache_dir) if cache_dir else Path(os.environ.get("RAFT_DIFFUSION_CACHE", Path.home() / ".cache" / "raft_diffusion"))
-    path = root / "tiny-sd-v1"
-    if not (path / "model_index.json").is_file():
-        import tempfile
-
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tiny-"))
-        write_tiny_pipeline(tmp)
-        try:
-            tmp.rename(path)
-        except OSError:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
-    return path
+    return cached_folder("tiny-sd-v1", "model_index.json", write_tiny_pipeline, cache_dir)

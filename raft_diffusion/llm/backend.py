@@ -26,6 +26,7 @@ from raft_diffusion.errors import ModelError
 from raft_diffusion.llm import logprob, sampling
 from raft_diffusion.llm.finetune import SFTTrainer, add_lora
 from raft_diffusion.llm.metrics import response_metrics
+from raft_diffusion.training import expected_kept_per_round
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +57,6 @@ def resolve_target_modules(model: Any, targets: Sequence[str]) -> list[str]:
         tails = sorted({n.rsplit(".", 1)[-1] for n in names})[:12]
         raise ModelError(f"lora.target_modules {missing} match no linear layer of the {type(model).__name__}; use names such as {', '.join(tails)}")
     return targets
-
-
-def expected_kept_per_round(cfg: RaftConfig) -> int:
-    """How many samples a round keeps under the configured strategy (for the LR schedule length)."""
-    b, r = cfg.raft.prompts_per_round, cfg.ranking
-    if r.strategy == "per_prompt":
-        return b * r.top_n
-    if r.strategy == "global":
-        return b
-    return min(b, r.top_k or b)
 
 
 def reference_of(metadata: dict[str, Any]) -> str | None:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from raft_diffusion.errors import ConfigError, RunError
 from raft_diffusion.llm.logprob import response_labels, token_logprobs
+from raft_diffusion.training import make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +45,6 @@ def add_lora(model: Any, rank: int, alpha: float | None, dropout: float, targets
         if p.requires_grad:
             p.data = p.data.float()
     return peft_model
-
-
-def make_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
-    """AdamW (or bitsandbytes 8-bit AdamW) over the LoRA parameters."""
-    kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise ConfigError("train.optimizer 'adamw8bit' needs bitsandbytes; pip install bitsandbytes or use 'adamw'") from None
-        return bnb.optim.AdamW8bit(params, **kwargs)
-    return torch.optim.AdamW(params, **kwargs)
 
 
 def sft_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

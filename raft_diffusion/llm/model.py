@@ -9,9 +9,6 @@ word-level tokenizer and a chat template, built in code and cached on disk.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -190,14 +187,6 @@ def tiny_lm_dir(cache_dir: str | Path | None = None) -> Path:
 
     The cache is ``cache_dir``, else ``$RAFT_DIFFUSION_CACHE``, else ``~/.cache/raft_diffusion``.
     """
-    root = Path(cache_dir) if cache_dir else Path(os.environ.get("RAFT_DIFFUSION_CACHE", Path.home() / ".cache" / "raft_diffusion"))
-    path = root / "tiny-lm-v2"
-    if not (path / "config.json").is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tiny-lm-"))
-        build_tiny_lm(tmp)
-        try:
-            tmp.rename(path)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
-    return path
+    from raft_diffusion.training import cached_folder
+
+    return cached_folder("tiny-lm-v2", "config.json", build_tiny_lm, cache_dir)

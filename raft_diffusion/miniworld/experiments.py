@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
 log = logging.getLogger(__name__)
 PRESETS = {"resolution": "miniworld-resolution", "aesthetic": "miniworld-aesthetic"}
@@ -106,7 +105,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     """Markdown table rows of before / after per split, and the experiment's headline checks."""
     reward = result["reward"]
     lines = [
-        f"| split | metric | before | after |",
+        "| split | metric | before | after |",
         "|---|---|---|---|",
     ]
     for split in ("in_domain", "out_of_domain"):

@@ -1,0 +1,56 @@
+"""Pieces both backends' trainers share: the optimizer, the LR-schedule length, cached test models."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from raft_diffusion.errors import ConfigError
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
+    """AdamW (or bitsandbytes 8-bit AdamW) over the LoRA parameters, from a TrainConfig."""
+    kwargs = dict(lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ConfigError("train.optimizer 'adamw8bit' needs bitsandbytes; pip install bitsandbytes or use 'adamw'") from None
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def expected_kept_per_round(cfg: Any) -> int:
+    """How many samples a round keeps under the configured strategy (for the LR schedule length)."""
+    b, r = cfg.raft.prompts_per_round, cfg.ranking
+    if r.strategy == "per_prompt":
+        return b * r.top_n
+    if r.strategy == "global":
+        return b
+    return min(b, r.top_k or b)
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir``, else ``$RAFT_DIFFUSION_CACHE``, else ``~/.cache/raft_diffusion``."""
+    return Path(cache_dir) if cache_dir else Path(os.environ.get("RAFT_DIFFUSION_CACHE", Path.home() / ".cache" / "raft_diffusion"))
+
+
+def cached_folder(name: str, marker: str, build: Callable[[Path], Any], cache_dir: str | Path | None = None) -> Path:
+    """``cache_root/name``, built once by ``build(tmp_dir)`` into a temp folder and renamed into place
+    (so a killed build or a concurrent one never leaves a half-written model behind)."""
+    root = cache_root(cache_dir)
+    path = root / name
+    if not (path / marker).is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}-"))
+        build(tmp)
+        try:
+            tmp.rename(path)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+    return path
