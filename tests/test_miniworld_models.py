@@ -62,7 +62,7 @@ def test_build_quick_cli(tmp_path):
     out = tmp_path / "mw"
     assert main(["miniworld", "build", "--quick", "--out", str(out), "--seed", "1"]) == 0
     figs = json.loads((out / "figures.json").read_text())
-    assert set(figs["train"]) == {"clip", "vae", "unet", "aesthetic"}
+    assert set(figs["train"]) == {"clip", "clip_vision", "vae", "unet", "aesthetic"}
     assert "generation" in figs["figures"] and (out / "FIGURES.md").is_file()
     assert (out / "pipeline" / "model_index.json").is_file() and (out / "aesthetic" / "head.safetensors").is_file()
     assert main(["miniworld", "evaluate", "--assets", str(out)]) == 0

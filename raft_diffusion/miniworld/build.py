@@ -23,6 +23,8 @@ class BuildSettings:
 
     clip_steps: int = 1600
     clip_seconds: float | None = None
+    clip_vision_steps: int = 4000
+    clip_vision_seconds: float | None = 2000.0
     vae_steps: int = 2500
     vae_seconds: float | None = None
     unet_steps: int = 20000
@@ -33,8 +35,8 @@ class BuildSettings:
 
     @classmethod
     def quick(cls) -> "BuildSettings":
-        return cls(clip_steps=3, vae_steps=3, unet_steps=3, unet_seconds=None, unet_data=64, aesthetic_train=64,
-                   aesthetic_steps=5)
+        return cls(clip_steps=3, clip_vision_steps=2, clip_vision_seconds=None, vae_steps=3, unet_steps=3,
+                   unet_seconds=None, unet_data=64, aesthetic_train=64, aesthetic_steps=5)
 
 
 def build(out: str | Path, *, seed: int = 0, quick: bool = False, settings: BuildSettings | None = None,
@@ -45,7 +47,7 @@ def build(out: str | Path, *, seed: int = 0, quick: bool = False, settings: Buil
     from raft_diffusion.errors import ConfigError
     from raft_diffusion.miniworld import evaluate as ev
     from raft_diffusion.miniworld.train_aesthetic import train_aesthetic
-    from raft_diffusion.miniworld.train_clip import train_clip
+    from raft_diffusion.miniworld.train_clip import finetune_vision, train_clip
     from raft_diffusion.miniworld.train_unet import train_unet
     from raft_diffusion.miniworld.train_vae import train_vae
 
@@ -57,6 +59,8 @@ def build(out: str | Path, *, seed: int = 0, quick: bool = False, settings: Buil
     t0 = time.time()
     runs = {}
     runs["clip"] = train_clip(out, seed=seed, steps=s.clip_steps, quick=quick, max_seconds=s.clip_seconds)
+    runs["clip_vision"] = finetune_vision(out, seed=seed, steps=s.clip_vision_steps, max_seconds=s.clip_vision_seconds,
+                                          pair_weight=3.0)
     runs["vae"] = train_vae(out, seed=seed, steps=s.vae_steps, quick=quick, max_seconds=s.vae_seconds)
     runs["unet"] = train_unet(out, seed=seed, steps=s.unet_steps, quick=quick, max_seconds=s.unet_seconds,
                               n_data=s.unet_data, checkpoint_every=0 if quick else 1500)

@@ -94,7 +94,7 @@ def generation_fidelity(assets: str | Path, resolution: int, prompts: Sequence[s
 
 
 def evaluate_all(assets: str | Path, *, adaptation_resolution: int = ADAPTATION_RESOLUTION, quick: bool = False,
-                 per_prompt: int = 8) -> dict:
+                 per_prompt: int = 8, extra_resolutions: Sequence[int] = ()) -> dict:
     """Every figure of the miniworld, as a JSON-able dict."""
     from diffusers import StableDiffusionPipeline
 
@@ -110,7 +110,7 @@ def evaluate_all(assets: str | Path, *, adaptation_resolution: int = ADAPTATION_
     pp = 1 if quick else per_prompt
     gen = {}
     for split, prompts in (("in_domain", world.in_domain_prompts()), ("out_of_domain", world.out_of_domain_prompts())):
-        for res in (world.NATIVE_RESOLUTION, adaptation_resolution):
+        for res in dict.fromkeys((world.NATIVE_RESOLUTION, adaptation_resolution, *extra_resolutions)):
             gen[f"{split}@{res}"] = generation_fidelity(assets, res, prompts, per_prompt=pp, steps=steps, pipe=pipe, zs=zs)
     figs["generation"] = gen
     figs["generation_settings"] = {"guidance_scale": GUIDANCE_SCALE, "inference_steps": steps,

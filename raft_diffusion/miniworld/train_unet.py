@@ -42,6 +42,11 @@ def make_unet(cross_attention_dim: int, quick: bool = False):
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=8,
         norm_num_groups=8,
+        # a pooled-text embedding added to the time embedding (diffusers' "text" addition embedding,
+        # computed inside the UNet from encoder_hidden_states, so StableDiffusionPipeline needs nothing
+        # extra): a global conditioning path that the tiny model picks up much faster than cross-attention
+        addition_embed_type="text",
+        addition_embed_type_num_heads=4,
     )
 
 
@@ -99,7 +104,7 @@ def save_pipeline(unet, vae, text_encoder, tokenizer, out_dir: Path) -> None:
 
 def train_unet(out: str | Path, *, seed: int = 0, steps: int = 20000, batch_size: int = 64, lr: float = 1e-3,
                n_data: int = 40000, quick: bool = False, max_seconds: float | None = None,
-               checkpoint_every: int = 1500, ema_decay: float = 0.999) -> dict:
+               checkpoint_every: int = 1500, ema_decay: float = 0.999, init_from: str | Path | None = None) -> dict:
     """Train and save ``<out>/pipeline`` (needs ``<out>/clip`` and ``<out>/vae``). ``max_seconds``
     stops early; a pipeline with the EMA weights is saved every ``checkpoint_every`` steps."""
     from diffusers import AutoencoderKL, DDPMScheduler
@@ -115,6 +120,14 @@ def train_unet(out: str | Path, *, seed: int = 0, steps: int = 20000, batch_size
     means, stds, scenes = encode_dataset(vae, n_data, seed + 4)
     log.info("unet: encoded %d latents in %.1f s", n_data, time.time() - t0)
     unet = make_unet(text_encoder.config.hidden_size, quick)
+    if init_from is not None:  # continue from a saved pipeline's UNet (new modules keep their init)
+        from diffusers import UNet2DConditionModel
+
+        prev = UNet2DConditionModel.from_pretrained(Path(init_from) / "unet")
+        missing, unexpected = unet.load_state_dict(prev.state_dict(), strict=False)
+        if unexpected:
+            raise ValueError(f"init_from UNet has keys this UNet lacks: {unexpected[:5]}")
+        log.info("unet: initialised from %s (%d new tensors)", init_from, len(missing))
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     noise_sched = DDPMScheduler(**BETAS)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
