@@ -26,3 +26,14 @@ def tiny_pipeline_dir(tmp_path_factory):
     from raft_diffusion.diffusion.pipeline import write_tiny_pipeline
 
     return write_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipe", seed=0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one torch thread, and a shared CPU makes two threads thrash."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
