@@ -2,7 +2,7 @@
 
 What looks good in this world (the rule the miniworld aesthetic predictor is fitted to):
 
-``rating = 1 + 9 * (0.30 C + 0.25 K + 0.35 S + 0.10 P)``, each term in [0, 1]:
+``rating = 1 + 9 * (0.25 C + 0.25 K + 0.40 S + 0.10 P)``, each term in [0, 1]:
 
 - C, contrast: the luminance difference between object and background,
   ``|Y(object) - Y(background)| / 0.75`` clipped to 1 (Y = 0.299 R + 0.587 G + 0.114 B; averaged
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from raft_diffusion.miniworld import world
 
-WEIGHTS = {"contrast": 0.30, "centring": 0.25, "presence": 0.35, "simplicity": 0.10}
+WEIGHTS = {"contrast": 0.25, "centring": 0.25, "presence": 0.40, "simplicity": 0.10}
 _R_MIN, _R_MAX = world.SIZES["small"][0], world.SIZES["large"][1]
 
 
