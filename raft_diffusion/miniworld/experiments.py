@@ -117,8 +117,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                 ("colour named right", "colour_acc", None),
                 ("diversity (mean pairwise RMS pixel distance per prompt)", "diversity", "{:.4f}")]
         for label, key, fmt in rows:
-            if key == "miniworld-clip" and reward == "miniworld-clip":
-                continue  # the reward row above is already the CLIP score
+            if label.startswith("held-out CLIP") and reward == "miniworld-clip":
+                continue  # the reward rows above are already the CLIP score
             f = (lambda v: _pct(v)) if fmt is None else (lambda v, fmt=fmt: fmt.format(v))
             lines.append(f"| {split.replace('_', '-')} | {label} | {f(b[key])} | {f(a[key])} |")
     return lines
