@@ -38,7 +38,7 @@ def env(tmp_path_factory, tiny_pipeline_dir):
     sys.path.insert(0, str(tmp_path))
     # a finished run (for "already holds a run" and for a mismatched resume)
     done = tmp_path / "done"
-    assert main(["train", "--no-progress", "--output", str(done), "--model.pretrained", str(tiny_pipeline_dir),
+    assert main(["train", "tiny-demo", "--no-progress", "--output", str(done), "--model.pretrained", str(tiny_pipeline_dir),
                  "--raft.rounds", "1", "--raft.k", "2", "--raft.prompts_per_round", "1", "--sampling.steps", "1",
                  "--train.steps_per_round", "1", "--prompts.eval", "null"]) == 0
     # a LoRA of another architecture: same names, other shapes
@@ -75,9 +75,9 @@ CASES = [
      "lora.target_modules ['q_proj'] match no layer of the UNet2DConditionModel"),
     ("LoRA of another architecture on generate", ["generate", "--model", "{pipe}", "--lora", "{tmp}/other", "--prompt", "x",
                                                   "--steps", "1", "--out", "{tmp}/gen"], "does not fit this pipeline's UNet"),
-    ("resume with another LoRA shape", ["train", "--output", "{tmp}/done", "--resume", "--model.pretrained", "{pipe}",
+    ("resume with another LoRA shape", ["train", "tiny-demo", "--output", "{tmp}/done", "--resume", "--model.pretrained", "{pipe}",
                                         "--lora.rank", "8", *FAST], "cannot resume '{tmp}/done': it was trained with lora.rank = 4"),
-    ("resume from a non-checkpoint", ["train", "--output", "{tmp}/done", "--resume", "{tmp}/busy", "--model.pretrained", "{pipe}", *FAST],
+    ("resume from a non-checkpoint", ["train", "tiny-demo", "--output", "{tmp}/done", "--resume", "{tmp}/busy", "--model.pretrained", "{pipe}", *FAST],
      "is not a complete checkpoint folder"),
     ("prompt file empty", ["train", "--prompts.train", "{tmp}/empty.txt"], "no prompts"),
     ("prompt file missing", ["train", "--prompts.train", "{tmp}/missing.txt"], "missing.txt"),

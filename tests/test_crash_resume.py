@@ -21,7 +21,7 @@ def cli(pipe_dir, out_dir, *extra, kill_at=None):
     if kill_at:
         env[ENV] = kill_at
     args = [
-        sys.executable, "-m", "raft_diffusion", "train", "--no-progress", "--output", str(out_dir),
+        sys.executable, "-m", "raft_diffusion", "train", "tiny-demo", "--no-progress", "--output", str(out_dir),
         "--model.pretrained", str(pipe_dir), "--raft.rounds", "3", "--raft.k", "2", "--raft.prompts_per_round", "2",
         "--sampling.steps", "2", "--sampling.batch_size", "2", "--train.steps_per_round", "3", "--train.batch_size", "2",
         "--train.learning_rate", "1e-3", "--prompts.eval", "null", *extra,

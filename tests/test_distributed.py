@@ -35,7 +35,7 @@ def _free_port() -> int:
 
 def _args(pipe_dir, out_dir, *extra):
     return [
-        "train", "--no-progress", "--output", str(out_dir),
+        "train", "tiny-demo", "--no-progress", "--output", str(out_dir),
         "--model.pretrained", str(pipe_dir), "--raft.rounds", str(ROUNDS), "--raft.k", "2", "--raft.prompts_per_round", "2",
         "--raft.seed", "3", "--sampling.steps", "2", "--sampling.batch_size", "4", "--train.steps_per_round", "3",
         "--train.batch_size", "2", "--train.learning_rate", "1e-3", "--prompts.eval", "cifar10", "--prompts.eval_limit", "2",
