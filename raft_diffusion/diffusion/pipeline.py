@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from raft_diffusion.errors import ConfigError, ModelError
+from raft_diffusion.training import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +35,6 @@ TINY = "tiny"
 MINIWORLD = "miniworld"  # the committed miniature SD of raft_diffusion/miniworld/assets/pipeline
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as given (validated)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"model.device {device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"model.device {device!r} asks for CUDA but none is available; use 'cpu' or 'auto'")
-    return dev
 
 
 def make_scheduler(name: str, config: Any) -> Any:

@@ -16,6 +16,7 @@ import torch
 
 from raft_diffusion.errors import ConfigError, ModelError
 from raft_diffusion.llm import TINY_LM
+from raft_diffusion.training import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +39,6 @@ TINY_CHAT_TEMPLATE = (
 
 
 # ------------------------------------------------------------------ devices and dtypes
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else as given (validated)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"model.device {device!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"model.device {device!r} asks for CUDA but none is available; use 'cpu' or 'auto'")
-    return dev
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:
