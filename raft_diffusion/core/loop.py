@@ -86,6 +86,16 @@ def _stage(round_index: int, what: str, fn: Callable[[], Any]) -> Any:
         raise RunError(f"round {round_index}, {what} failed: {type(exc).__name__}: {exc}") from exc
 
 
+def write_samples_table(round_dir: Path, samples: Samples, rewards: Sequence[float], selection: Selection) -> None:
+    """``round_dir/samples.jsonl``: id, prompt, group, seed, reward, kept, excluded of every sample."""
+    kept, excluded = set(selection.kept), set(selection.excluded)
+    write_jsonl(round_dir / "samples.jsonl", [
+        {"id": samples.ids[i], "prompt": samples.texts[i], "group": samples.groups[i], "seed": samples.seeds[i],
+         "reward": rewards[i], "kept": i in kept, "excluded": i in excluded}
+        for i in range(len(samples))
+    ])
+
+
 class RaftLoop:
     """Runs RAFT rounds over a backend, a scorer and a prompt stream, writing into ``run_dir``."""
 
@@ -247,21 +257,20 @@ class RaftLoop:
 
         round_dir = self.run_dir / "rounds" / f"round-{r:04d}"
         round_dir.mkdir(parents=True, exist_ok=True)
-        kept_set = set(selection.kept)
-        excluded = set(selection.excluded)
-        write_jsonl(round_dir / "samples.jsonl", [
-            {"id": samples.ids[i], "prompt": samples.texts[i], "group": samples.groups[i], "seed": samples.seeds[i],
-             "reward": rewards[i], "kept": i in kept_set, "excluded": i in excluded}
-            for i in range(n)
-        ])
+        write_samples_table(round_dir, samples, rewards, selection)
         extra = _stage(r, "writing artifacts", lambda: self.backend.write_round_artifacts(round_dir, samples, rewards, selection.kept)) or {}
 
+        return self._row(r, samples, rewards, selection, train_stats, extra, (t_gen, t_score, t_train), t_round)
+
+    def _row(self, r: int, samples: Samples, rewards: Sequence[float], selection: Selection,
+             train_stats: dict[str, Any], extra: dict[str, Any], times: tuple[float, float, float], t_round: float) -> dict[str, Any]:
+        """The round's metrics row (``times`` = generate, score, train seconds)."""
         row: dict[str, Any] = {"round": r, "scorer": self.scorer_name}
         row.update(reward_summary(rewards, samples.groups, samples.texts, selection))
         row["kept_ids"] = [samples.ids[i] for i in selection.kept]
         row.update({f"train_{k}": v for k, v in train_stats.items()})
         row.update(extra)
-        row.update({"time_generate_s": t_gen, "time_score_s": t_score, "time_train_s": t_train})
+        row.update(dict(zip(("time_generate_s", "time_score_s", "time_train_s"), times)))
         row.update(_peak_memory_mb())
         row["time_round_s"] = time.perf_counter() - t_round
         return row
@@ -400,30 +409,18 @@ class RaftLoop:
         # grids and kept images: the main process writes them from every process's outputs
         outputs = self._gather(r, "collecting outputs", samples.outputs, to_main=True)
         round_dir = self.run_dir / "rounds" / f"round-{r:04d}"
-        kept_set, excluded = set(selection.kept), set(selection.excluded)
 
         def write_round() -> dict[str, Any]:
             view.outputs = self._concat_outputs(outputs)
             round_dir.mkdir(parents=True, exist_ok=True)
-            write_jsonl(round_dir / "samples.jsonl", [
-                {"id": view.ids[i], "prompt": view.texts[i], "group": view.groups[i], "seed": view.seeds[i],
-                 "reward": rewards[i], "kept": i in kept_set, "excluded": i in excluded}
-                for i in range(n)
-            ])
+            write_samples_table(round_dir, view, rewards, selection)
             return self.backend.write_round_artifacts(round_dir, view, rewards, selection.kept) or {}
 
         extra = self._synced(r, "writing artifacts", write_round, main_only=True)
         extra = self._gather(r, "sharing artifact metrics", extra)[0] or {}
 
-        row: dict[str, Any] = {"round": r, "scorer": self.scorer_name}
-        row.update(reward_summary(rewards, view.groups, view.texts, selection))
-        row["kept_ids"] = [view.ids[i] for i in selection.kept]
-        row.update({f"train_{k}": v for k, v in train_stats.items()})
-        row.update(extra)
-        row.update({"time_generate_s": t_gen, "time_score_s": t_score, "time_train_s": t_train})
-        row.update(_peak_memory_mb())
+        row = self._row(r, view, rewards, selection, train_stats, extra, (t_gen, t_score, t_train), t_round)
         row["n_processes"] = d.world_size
-        row["time_round_s"] = time.perf_counter() - t_round
         return row
 
     def _evaluate_sharded(self, round_index: int, what: str = "evaluation") -> dict[str, Any] | None:

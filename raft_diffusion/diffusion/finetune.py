@@ -121,13 +121,20 @@ class LoraTrainer:
                     raise RunError(f"training loss is {loss.item()} at step {self.step + 1}; lower train.learning_rate or check the data")
                 (loss / c.gradient_accumulation_steps).backward()
                 losses.append(loss.item())
-            if c.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.step += 1
-            faults.point("train")
+            self._optimizer_step()
         self.unet.eval()
+        return self._stats(losses, steps)
+
+    def _optimizer_step(self) -> None:
+        """Clip, step the optimizer and the LR schedule, count the step."""
+        if self.cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.step += 1
+        faults.point("train")
+
+    def _stats(self, losses: list[float], steps: int) -> dict[str, float]:
         return {
             "loss": sum(losses) / len(losses) if losses else float("nan"),
             "lr": self.lr_scheduler.get_last_lr()[0],
@@ -204,19 +211,9 @@ class LoraTrainer:
                 if not math.isfinite(loss):
                     raise RunError(f"training loss is {loss} at step {self.step + 1}; lower train.learning_rate or check the data")
                 losses.append(loss)
-            if c.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
-            self.optimizer.step()
-            self.lr_scheduler.step()
-            self.step += 1
-            faults.point("train")
+            self._optimizer_step()
         self.unet.eval()
-        return {
-            "loss": sum(losses) / len(losses) if losses else float("nan"),
-            "lr": self.lr_scheduler.get_last_lr()[0],
-            "steps": steps,
-            "global_step": self.step,
-        }
+        return self._stats(losses, steps)
 
     def state_dict(self) -> dict[str, Any]:
         return {
