@@ -3,9 +3,11 @@
 Each variant runs in its own process (so peaks do not mix) and reports the peak resident memory
 (``ru_maxrss``) and, on a GPU, the peak CUDA allocation of the round. Variants: plain float32,
 bfloat16 / float16 frozen weights (LoRA stays float32), gradient checkpointing, eager attention,
-8-bit AdamW (needs bitsandbytes; reported as unavailable otherwise).
+8-bit AdamW (needs bitsandbytes; reported as unavailable otherwise), offload (VAE, text encoder
+and scorer on the CPU between uses; a no-op without a GPU, so that row then equals plain).
+``--scorer miniworld-aesthetic`` (or another scorer with weights) shows the scorer's share.
 
-    python benchmarks/memory.py [--model tiny|PATH] [--k 4] [--prompts 4] [--steps 10] [--train-steps 10]
+    python benchmarks/memory.py [--model tiny|miniworld|PATH] [--scorer NAME] [--k 4] [--prompts 4] [--steps 10] [--train-steps 10]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ VARIANTS = {
     "gradient-checkpointing": {"train.gradient_checkpointing": True},
     "eager-attention": {"model.attention": "eager"},
     "adamw8bit": {"train.optimizer": "adamw8bit"},
+    "offload": {"model.offload": True},
 }
 
 
@@ -41,7 +44,7 @@ def run_variant(args, name: str) -> dict:
         cfg = RaftConfig().replace({
             "model.pretrained": args.model, "raft.rounds": 2, "raft.k": args.k, "raft.prompts_per_round": args.prompts,
             "sampling.steps": args.steps, "sampling.batch_size": args.k * args.prompts, "train.steps_per_round": args.train_steps,
-            "train.batch_size": args.prompts, "reward.scorer": "jpeg-compressibility", "prompts.eval": None,
+            "train.batch_size": args.prompts, "reward.scorer": args.scorer, "prompts.eval": None,
             "output.dir": f"{tmp}/run", **VARIANTS[name],
         })
         try:
@@ -62,6 +65,7 @@ def run_variant(args, name: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny")
+    ap.add_argument("--scorer", default="jpeg-compressibility", help="reward scorer (one with weights shows offload's scorer share)")
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--steps", type=int, default=10)
@@ -74,7 +78,8 @@ def main() -> None:
         logging.disable(logging.WARNING)
         print("RESULT " + json.dumps(run_variant(args, args.variant)))
         return
-    print(f"model {args.model}: {args.prompts} prompts x K={args.k}, {args.steps} sampling steps, {args.train_steps} LoRA steps")
+    print(f"model {args.model}, scorer {args.scorer}: {args.prompts} prompts x K={args.k}, {args.steps} sampling steps, "
+          f"{args.train_steps} LoRA steps")
     plain = None
     for name in VARIANTS:
         proc = subprocess.run([sys.executable, __file__, "--variant", name] + sys.argv[1:], capture_output=True, text=True)
@@ -85,7 +90,8 @@ def main() -> None:
             continue
         key = "peak_cuda_mb" if "peak_cuda_mb" in r else "peak_rss_mb"
         plain = plain or r[key]
-        print(f"{name:24s} peak {key[5:-3]} {r[key]:8.0f} MB ({r[key] / plain:5.2f}x plain)   round {r['round_s']:.2f} s")
+        note = "   (no-op without a GPU)" if name == "offload" and key == "peak_rss_mb" else ""
+        print(f"{name:24s} peak {key[5:-3]} {r[key]:8.0f} MB ({r[key] / plain:5.2f}x plain)   round {r['round_s']:.2f} s{note}")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ class ModelConfig:
     dtype: str = _f("float32", f"dtype of the frozen weights: {', '.join(DTYPES)}; LoRA parameters stay float32")
     device: str = _f("auto", "'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps'")
     attention: str = _f("sdpa", "attention backend of the UNet: 'sdpa' (torch scaled_dot_product_attention) or 'eager' (plain matmul)")
+    offload: bool = _f(False, "diffusion: keep the VAE, text encoder and scorer on the CPU except while used (the VAE to decode, the scorer to score; new prompts are encoded on the CPU): less accelerator memory for two host-device copies of the VAE and scorer weights per generate call; a no-op on the CPU")
 
 
 @dataclass
@@ -290,6 +291,7 @@ def validate(cfg: RaftConfig) -> None:
     _check(bool(m.pretrained.strip()), "model.pretrained is empty; give a hub id, a local folder or 'tiny'")
     _check(m.dtype in DTYPES, f"model.dtype {m.dtype!r} is not one of {', '.join(DTYPES)}")
     _check(m.attention in ("sdpa", "eager"), f"model.attention must be 'sdpa' or 'eager', got {m.attention!r}")
+    _check(not (m.offload and cfg.backend == "llm"), "model.offload applies to backend diffusion only; set it to false for backend llm")
     s = cfg.sampling
     _check(s.scheduler in SCHEDULERS, f"unknown sampling.scheduler {s.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     _check(s.steps >= 1, f"sampling.steps must be >= 1, got {s.steps}")

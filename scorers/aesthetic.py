@@ -120,6 +120,7 @@ class AestheticScorer(BaseScorer):
     """reward = head(normalize(backbone.encode_images(images))). Image scorer; ignores prompts."""
 
     kind = "image"
+    supports_offload = True
 
     def __init__(self, backbone: ClipBackbone, head: nn.Module, *, name: str = "aesthetic",
                  batch_size: int = 32, normalize: bool = True) -> None:
@@ -127,6 +128,21 @@ class AestheticScorer(BaseScorer):
         self.backbone = backbone
         self.head = head
         self.normalize = normalize
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    @property
+    def home_device(self) -> torch.device:
+        """The device the backbone was built for (``device`` is where it is now)."""
+        return self.backbone.home_device
+
+    def to(self, device: str | torch.device) -> "AestheticScorer":
+        """Move the backbone and the head to ``device``; returns self."""
+        self.backbone.to(device)
+        self.head = self.head.to(self.backbone.device)
+        return self
 
     def _load(self) -> None:
         self.backbone.load()

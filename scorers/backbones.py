@@ -139,6 +139,8 @@ class ClipBackbone:
 
     def __init__(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> None:
         self.device = resolve_device(device)
+        #: the device it was built for; :meth:`to` (scorer offload) changes ``device`` only
+        self.home_device = self.device
         self.dtype = resolve_dtype(dtype)
         self._loaded = False
 
@@ -146,6 +148,14 @@ class ClipBackbone:
         if not self._loaded:
             self._load()
             self._loaded = True
+        return self
+
+    def to(self, device: str | torch.device) -> "ClipBackbone":
+        """Move the model to ``device`` (an unloaded backbone loads there later); returns self."""
+        self.device = torch.device(device)
+        model = getattr(self, "model", None)
+        if model is not None:
+            model.to(self.device)
         return self
 
     def _load(self) -> None:

@@ -61,6 +61,8 @@ class BaseScorer:
 
     kind = "image"
     name = "scorer"
+    #: True when the subclass implements ``device`` and ``to(device)`` (see :mod:`scorers.offload`)
+    supports_offload = False
 
     def __init__(self, name: str | None = None, batch_size: int = 32) -> None:
         if name is not None:

@@ -37,6 +37,7 @@ class DiffusionBackend:
         m, s = cfg.model, cfg.sampling
         self.pipe = pipe if pipe is not None else load_pipeline(
             m.pretrained, dtype=m.dtype, device=m.device, scheduler=s.scheduler, revision=m.revision, variant=m.variant,
+            offload=m.offload,
         )
         if pipe is not None and s.scheduler:
             from raft_diffusion.diffusion.pipeline import make_scheduler
@@ -55,6 +56,11 @@ class DiffusionBackend:
                 raise ConfigError(f"sampling.{name} = {v} must be a multiple of {factor} for this model (VAE x UNet downsampling)")
         for module in (self.pipe.vae, self.pipe.text_encoder, self.pipe.unet):
             module.requires_grad_(False)
+        # model.offload: VAE and text encoder parked on the CPU; a no-op when the UNet runs on the CPU.
+        # pipe.device is the UNet's accelerator (diffusers 0.42 prefers a non-CPU component).
+        device = self.pipe.unet.device
+        self.offload = sampling.Offload(device if m.offload and device.type != "cpu" else None)
+        self.offload.park(self.pipe.vae, self.pipe.text_encoder)
         self.encoder = sampling.PromptEncoder(self.pipe, s.negative_prompt)
         lo = cfg.lora
         lora_mod.add_lora(self.pipe.unet, lo.rank, lo.alpha, lo.dropout, lo.target_modules, lo.init, seed=cfg.raft.seed)
@@ -75,11 +81,21 @@ class DiffusionBackend:
         result = sampling.generate(
             self.pipe, self.encoder, texts, seeds, steps=s.steps, guidance_scale=s.guidance_scale,
             height=self.height, width=self.width, batch_size=s.batch_size, eta=s.eta, progress=self.progress,
+            offload=self.offload,
         )
         return Samples(
             prompts=per_sample, groups=group_ids(len(prompts), k), ids=list(ids), seeds=list(seeds),
             outputs=result.images, extras={"latents": result.latents},
         )
+
+    def prepare_scorer(self, scorer: Any) -> Any:
+        """``scorer`` as the loop should call it: with ``model.offload`` on an accelerator its weights
+        are parked on the CPU and move to its device only while it scores (:mod:`scorers.offload`)."""
+        if not self.offload.active:
+            return scorer
+        from scorers.offload import offloaded
+
+        return offloaded(scorer)
 
     def finetune(self, samples: Samples, kept: Sequence[int], shard: TrainShard | None = None) -> dict[str, float]:
         """Train on ``samples[kept]``; with ``shard`` (several processes) these are this process's kept samples."""

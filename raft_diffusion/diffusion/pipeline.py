@@ -72,10 +72,13 @@ def load_pipeline(
     revision: str | None = None,
     variant: str | None = None,
     cache_dir: str | Path | None = None,
+    offload: bool = False,
 ) -> Any:
     """A StableDiffusionPipeline from a hub id, a local folder, or ``"tiny"`` (built offline).
 
     The safety checker is not loaded (RAFT decodes images itself; add your own filter if needed).
+    ``offload``: only the UNet goes to the device; the VAE and text encoder stay on the CPU
+    (``pipe.device`` still reports the UNet's device: diffusers prefers a non-CPU component).
     """
     from diffusers import StableDiffusionPipeline
 
@@ -115,7 +118,11 @@ def load_pipeline(
     if scheduler:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(resolve_device(device))
+    dev = resolve_device(device)
+    if offload and dev.type != "cpu":
+        pipe.unet.to(dev)
+        return pipe
+    return pipe.to(dev)
 
 
 def native_size(pipe: Any) -> int:

@@ -3,13 +3,17 @@
 Each sample has its own seed, so an image depends only on (prompt, seed), not on the batch it
 was drawn in. The pipeline returns latents (``output_type="latent"``), which are already in the
 scaled latent space SD trains in; we decode them once for the scorer and keep them for training.
+
+:class:`Offload` (``model.offload``) keeps the VAE on the CPU except while it decodes: the
+latents of a whole :func:`generate` call are decoded in one visit of the VAE to the device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -17,10 +21,47 @@ from tqdm.auto import tqdm
 from raft_diffusion.core import faults
 
 log = logging.getLogger(__name__)
+CPU = torch.device("cpu")
+
+
+class Offload:
+    """Frozen modules parked on the CPU and moved to ``device`` only inside :meth:`onto`.
+
+    ``device=None`` disables it (every method is then a no-op). The backend passes ``None`` on a
+    CPU-only run; tests pass ``torch.device("cpu")`` to exercise the offload code path there.
+    """
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        self.device = device
+
+    @property
+    def active(self) -> bool:
+        return self.device is not None
+
+    def park(self, *modules: Any) -> None:
+        """Move ``modules`` to the CPU (when active)."""
+        if self.active:
+            for module in modules:
+                module.to(CPU)
+
+    @contextlib.contextmanager
+    def onto(self, module: Any) -> Iterator[Any]:
+        """``module`` on the execution device inside the block, back on the CPU after (even on error)."""
+        if not self.active:
+            yield module
+            return
+        module.to(self.device)
+        try:
+            yield module
+        finally:
+            module.to(CPU)
 
 
 class PromptEncoder:
-    """Frozen text-encoder outputs, computed once per distinct prompt and kept on the CPU."""
+    """Frozen text-encoder outputs, computed once per distinct prompt and kept on the CPU.
+
+    Encoding runs wherever the text encoder is: on the CPU when ``model.offload`` parked it there.
+    """
 
     def __init__(self, pipe: Any, negative_prompt: str | None = None) -> None:
         self.pipe = pipe
@@ -29,7 +70,8 @@ class PromptEncoder:
 
     @torch.inference_mode()
     def _encode(self, texts: list[str]) -> torch.Tensor:
-        embeds, _ = self.pipe.encode_prompt(texts, self.pipe.device, 1, False)
+        # the text encoder's own device, not pipe.device (which reports the UNet's accelerator)
+        embeds, _ = self.pipe.encode_prompt(texts, self.pipe.text_encoder.device, 1, False)
         return embeds.detach().to("cpu")
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
@@ -76,9 +118,16 @@ def generate(
     batch_size: int,
     eta: float = 0.0,
     progress: bool = True,
+    offload: Offload | None = None,
 ) -> GenerationResult:
-    """One image per (text, seed) pair, generated ``batch_size`` at a time."""
+    """One image per (text, seed) pair, generated ``batch_size`` at a time.
+
+    With an active ``offload`` the VAE visits the device once, after the last batch, and decodes
+    every latent (``batch_size`` at a time); otherwise each batch is decoded as it is generated.
+    Images are the same either way (decoding depends only on the latent).
+    """
     assert len(texts) == len(seeds), "one seed per sample"
+    deferred = offload is not None and offload.active
     images, latents = [], []
     cfg = guidance_scale > 1.0
     starts = range(0, len(texts), batch_size)
@@ -93,6 +142,12 @@ def generate(
             eta=eta, generator=gens, output_type="latent", return_dict=False,
         )[0]
         latents.append(out.float().cpu())
-        images.append(decode_latents(pipe, out).cpu())
+        if not deferred:
+            images.append(decode_latents(pipe, out).cpu())
         faults.point("generate")
+    if deferred:
+        assert offload is not None
+        # the float32 CPU copies round-trip exactly to the pipeline's (VAE's) dtype in decode_latents
+        with offload.onto(pipe.vae):
+            images = [decode_latents(pipe, chunk).cpu() for chunk in latents]
     return GenerationResult(torch.cat(images), torch.cat(latents))
