@@ -182,6 +182,10 @@ def build_loop(
         stream, eval_prompts = build_prompts(cfg)
         filt = build_filter(cfg, sample_filter)
         backend = build_backend(cfg, progress=progress)
+        prepare = getattr(backend, "prepare_scorer", None)  # e.g. model.offload parks the scorers on the CPU
+        if prepare is not None:
+            reward_fn = prepare(reward_fn)
+            eval_scorers = {name: prepare(s) for name, s in eval_scorers.items()}
         return reward_fn, scorer_name, eval_scorers, stream, eval_prompts, filt, backend
 
     reward_fn, scorer_name, eval_scorers, stream, eval_prompts, filt, backend = dist.call("building the run", pieces)
