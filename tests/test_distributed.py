@@ -5,6 +5,8 @@ The 2-process runs use ``accelerate launch --multi_gpu --num_processes 2``: that
 torchrun launcher, which also starts CPU processes (no GPU here, so gloo). ``accelerate launch
 --cpu --num_processes 2`` starts ONE process in accelerate 1.x unless mpirun is configured; the
 project warns about it (see test_accelerate_cpu_single_process_warning).
+
+tests/test_llm_distributed.py runs the same comparison for the LLM backend with the launch helpers here.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from raft_diffusion.core import distributed
+from raft_diffusion.core import distributed, faults
 from raft_diffusion.core.distributed import DEBUG_DUMP_ENV, TIMEOUT_ENV, Distributed, shard_range
 
 ROUNDS = 2
@@ -44,24 +46,29 @@ def _args(pipe_dir, out_dir, *extra):
 
 
 def _env(**extra):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", TIMEOUT_ENV: "60", **extra}
-    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "RAFT_DIFFUSION_KILL_AT"):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", TIMEOUT_ENV: "60"}
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", faults.ENV, faults.RAISE_ENV, faults.RANK_ENV):
         env.pop(var, None)
-    return env
+    return {**env, **extra}
+
+
+def launch(args, dump, n=1, env=None, timeout=180):
+    """``python -m raft_diffusion ARGS`` in one process, or under ``accelerate launch`` in ``n`` (torchrun, gloo)."""
+    cmd = [sys.executable, "-m", "raft_diffusion", *args]
+    if n > 1:
+        cmd[1:2] = [
+            "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m",
+        ]
+    return subprocess.run(cmd, env=_env(**{DEBUG_DUMP_ENV: str(dump)}, **(env or {})), capture_output=True, text=True, timeout=timeout)
 
 
 def run_one(pipe_dir, out_dir, dump, *extra):
-    cmd = [sys.executable, "-m", "raft_diffusion", *_args(pipe_dir, out_dir, *extra)]
-    return subprocess.run(cmd, env=_env(**{DEBUG_DUMP_ENV: str(dump)}), capture_output=True, text=True, timeout=180)
+    return launch(_args(pipe_dir, out_dir, *extra), dump)
 
 
 def run_two(pipe_dir, out_dir, dump, *extra, env=None, timeout=180):
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", "raft_diffusion", *_args(pipe_dir, out_dir, *extra),
-    ]
-    return subprocess.run(cmd, env=_env(**{DEBUG_DUMP_ENV: str(dump)}, **(env or {})), capture_output=True, text=True, timeout=timeout)
+    return launch(_args(pipe_dir, out_dir, *extra), dump, n=2, env=env, timeout=timeout)
 
 
 def lora_of(dump, r, rank):
@@ -155,6 +162,62 @@ def test_failure_on_one_process_ends_the_run_everywhere(tiny_pipeline_dir, tmp_p
     assert "scorer exploded on rank 1" in err, err[-3000:]
     assert "process 1 of 2 failed: round 1, scoring with 'rank_bomb:score'" in err, err[-3000:]
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text().strip()
+
+
+def test_exception_in_one_process_training_ends_the_run_everywhere_and_it_resumes(tmp_path):
+    """Process 1 raises after its first optimizer step of round 2 (RAFT_DIFFUSION_RAISE_AT, LLM backend):
+    both processes stop with its message at the next gradient exchange (not at the 60 s timeout),
+    round 1 stays on disk, and --resume latest finishes the run."""
+    from raft_diffusion.llm.model import tiny_lm_dir
+    from tests.test_llm_distributed import _args as llm_args
+
+    lm, out = tiny_lm_dir(), tmp_path / "run"
+    t0 = time.perf_counter()
+    proc = launch(llm_args(lm, out), tmp_path / "dump", n=2, env={faults.RAISE_ENV: "2:train", faults.RANK_ENV: "1"}, timeout=150)
+    seconds = time.perf_counter() - t0
+    err = proc.stderr
+    assert proc.returncode != 0, err[-3000:]
+    assert seconds < 60, f"the run took {seconds:.0f}s to stop: a process waited for the timeout"
+    msg = "process 1 of 2 failed: round 2, fine-tuning failed: RuntimeError: injected fault at round 2, train"
+    assert err.count(msg) == 2, err[-3000:]  # once from each process
+    assert [r["round"] for r in map(json.loads, open(out / "metrics.jsonl"))] == [1]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["round-0001"]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    before = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+
+    resumed = launch(llm_args(lm, out, "--resume", "latest"), tmp_path / "dump2", n=2, timeout=150)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["round"] for r in rows] == [1, 2] and rows[0]["kept_ids"] == before["kept_ids"]
+    r0, r1 = lora_of(tmp_path / "dump2", 2, 0), lora_of(tmp_path / "dump2", 2, 1)
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+
+
+def test_killed_process_ends_the_run_and_it_resumes_to_the_same_lora(runs, tiny_pipeline_dir, tmp_path):
+    """Process 1 is SIGKILLed after its first optimizer step of round 2 (RAFT_DIFFUSION_KILL_AT + _FAULT_RANK):
+    process 0 loses its gloo connection in the next all-reduce at once ("lost contact"), and the torchrun
+    agent of accelerate launch stops it too (SIGTERM); resuming ends bit-identical to the uninterrupted run."""
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    proc = run_two(tiny_pipeline_dir, out, tmp_path / "dump", env={faults.ENV: "2:train", faults.RANK_ENV: "1"}, timeout=150)
+    seconds = time.perf_counter() - t0
+    err = proc.stderr
+    assert proc.returncode != 0 and "SIGKILL" in err, err[-3000:]
+    assert seconds < 60, f"the run took {seconds:.0f}s to stop: process 0 waited for the timeout"
+    # process 0 reports the lost peer unless the agent's SIGTERM comes first
+    assert "process 0 of 2: lost contact with the other processes after round 2, fine-tuning" in err or "SIGTERM" in err
+    assert [r["round"] for r in map(json.loads, open(out / "metrics.jsonl"))] == [1]
+
+    resumed = run_two(tiny_pipeline_dir, out, tmp_path / "dump2", "--resume", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_file(runs / "two" / "pytorch_lora_weights.safetensors")
+    b = load_file(out / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ref_rows = [json.loads(line) for line in open(runs / "two" / "metrics.jsonl")]
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["kept_ids"] for r in rows] == [r["kept_ids"] for r in ref_rows]
+    rel = f"rounds/round-{ROUNDS:04d}/samples.jsonl"
+    assert (runs / "two" / rel).read_text() == (out / rel).read_text()
 
 
 # ------------------------------------------------------------------ in-process, no subprocess

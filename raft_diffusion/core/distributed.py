@@ -15,6 +15,7 @@ Imports neither diffusers nor transformers (accelerate and torch.distributed laz
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -122,7 +123,23 @@ class ProcessGroup(Distributed):
         import torch.distributed as tdist
 
         self._dist = tdist
+        atexit.register(self.close)
         log.debug("process %d of %d (backend %s, timeout %.0fs)", self.rank, self.world_size, self.state.backend, timeout_s)
+
+    def close(self) -> None:
+        """Leave together, then tear the process group down (run at exit): a process that exits while
+        a peer still talks to it can abort (SIGABRT) at interpreter exit. Best effort: a dead peer is
+        noticed within the timeout and only logged."""
+        if not self._dist.is_initialized():
+            return
+        try:
+            if "gloo" in str(self._dist.get_backend()):
+                self._dist.monitored_barrier(timeout=datetime.timedelta(seconds=self.timeout_s))
+            else:
+                self._dist.barrier()
+            self._dist.destroy_process_group()
+        except Exception as exc:  # noqa: BLE001 - exiting anyway
+            log.debug("process %d: leaving the process group failed (%s)", self.rank, exc)
 
     def barrier(self) -> None:
         self._dist.barrier()

@@ -3,8 +3,14 @@
 Setting ``RAFT_DIFFUSION_KILL_AT="ROUND:PHASE"`` (PHASE one of ``generate``, ``train``,
 ``checkpoint``) makes the process SIGKILL itself at that point of that round: in the middle of
 generation (after the first batch), of training (after the first optimizer step), or of a
-checkpoint write (after the state file, before the folder is complete). Unset, a point costs
-one dictionary lookup.
+checkpoint write (after the state file, before the folder is complete).
+``RAFT_DIFFUSION_RAISE_AT="ROUND:PHASE"`` raises a RuntimeError there instead (a Python failure).
+With ``RAFT_DIFFUSION_FAULT_RANK=R`` only process R of a multi-process run (its ``RANK``) is hit.
+Unset, a point costs two dictionary lookups.
+
+Under several processes the LLM trainer reports a raise at ``train`` to the others at its next
+gradient exchange; the diffusion trainer's ``train`` point sits after its exchange, so a raise
+there leaves the other processes waiting until ``RAFT_DIFFUSION_DIST_TIMEOUT``.
 """
 
 from __future__ import annotations
@@ -13,11 +19,22 @@ import os
 import signal
 
 ENV = "RAFT_DIFFUSION_KILL_AT"
+RAISE_ENV = "RAFT_DIFFUSION_RAISE_AT"
+RANK_ENV = "RAFT_DIFFUSION_FAULT_RANK"
 current_round = 0
 
 
 def point(phase: str) -> None:
-    """Kill this process if the environment asks for ``current_round:phase``."""
-    target = os.environ.get(ENV)
-    if target and target == f"{current_round}:{phase}":
+    """Kill this process (or raise) if the environment asks for ``current_round:phase``."""
+    kill, boom = os.environ.get(ENV), os.environ.get(RAISE_ENV)
+    if not kill and not boom:
+        return
+    here = f"{current_round}:{phase}"
+    if here not in (kill, boom):
+        return
+    rank = os.environ.get(RANK_ENV)
+    if rank is not None and rank.strip() != os.environ.get("RANK", "0"):
+        return
+    if kill == here:
         os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"injected fault at round {current_round}, {phase} ({RAISE_ENV})")

@@ -4,6 +4,14 @@ Samples.outputs are N response strings; Samples.extras hold per-sample ``prompt_
 ``response_ids`` (eos appended where the response ended on its own: what SFT trains on and what
 ``log_ratio`` scores) and ``finished``. One model is held: the reference policy of the KL-
 regularised selection is the same model with its LoRA adapter disabled.
+
+Several processes (``accelerate launch``; see :mod:`raft_diffusion.core.loop`): each process
+generates its block of prompts with the global per-sample seeds, so every sample equals its
+1-process self. :meth:`LLMBackend.finetune` with a ``shard`` first exchanges the label-token count
+of each kept sample (the SFT loss is normalised over the global micro-batch), then trains with
+gradients summed across processes (:mod:`raft_diffusion.llm.finetune`). The main process writes the
+round's files from the outputs the loop gathered: each output is a :class:`Response`, a ``str``
+that also carries its token ids and ``finished`` flag, so those travel with it.
 """
 
 from __future__ import annotations
@@ -20,9 +28,11 @@ import torch
 
 from prompts.types import Prompt
 from raft_diffusion.config import RaftConfig
+from raft_diffusion.core import distributed
 from raft_diffusion.core.backend import Samples
+from raft_diffusion.core.distributed import PeerFailure, TrainShard
 from raft_diffusion.core.ranking import group_ids
-from raft_diffusion.errors import ModelError
+from raft_diffusion.errors import ModelError, RunError
 from raft_diffusion.llm import logprob, sampling
 from raft_diffusion.llm.finetune import SFTTrainer, add_lora
 from raft_diffusion.llm.metrics import response_metrics
@@ -37,6 +47,35 @@ UNET_DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 FALLBACK_TARGETS = (["q_proj", "v_proj"], ["c_attn"], ["query_key_value"], ["Wqkv"], ["qkv_proj"])
 #: Eval-prompt metadata keys holding a reference answer (held-out perplexity).
 REFERENCE_KEYS = ("reference", "chosen_response", "chosen", "response")
+#: Samples.extras of this backend, also carried by every :class:`Response`.
+EXTRA_KEYS = ("prompt_ids", "response_ids", "finished")
+
+
+class Response(str):
+    """A response string that also carries its ``prompt_ids``, ``response_ids`` (eos appended where due) and
+    ``finished`` flag: under several processes the loop gathers only outputs for the main process's files."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    finished: bool
+
+    def __new__(cls, text: str, prompt_ids: Sequence[int], response_ids: Sequence[int], finished: bool) -> "Response":
+        obj = super().__new__(cls, text)
+        obj.prompt_ids, obj.response_ids, obj.finished = list(prompt_ids), list(response_ids), bool(finished)
+        return obj
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Response, (str(self), self.prompt_ids, self.response_ids, self.finished))
+
+
+def sample_extras(samples: Samples) -> dict[str, list[Any]]:
+    """prompt_ids, response_ids and finished of every sample: ``samples.extras``, or for a view the
+    multi-process loop assembled from gathered outputs (no extras), read off the :class:`Response` outputs."""
+    if all(k in samples.extras for k in EXTRA_KEYS):
+        return samples.extras
+    if not all(isinstance(o, Response) for o in samples.outputs):
+        raise ModelError("LLM samples without extras need Response outputs (as LLMBackend.generate makes them)")
+    return {k: [getattr(o, k) for o in samples.outputs] for k in EXTRA_KEYS}
 
 
 def resolve_target_modules(model: Any, targets: Sequence[str]) -> list[str]:
@@ -71,6 +110,8 @@ class LLMBackend:
     """Holds the peft causal LM, its tokenizer and the SFT trainer."""
 
     name = "llm"
+    #: multi-process runs: the loop shards prompts and passes ``shard`` to :meth:`finetune`
+    supports_distributed = True
 
     def __init__(self, cfg: RaftConfig, model: Any | None = None, tokenizer: Any | None = None, progress: bool = True) -> None:
         from raft_diffusion.llm.model import load_causal_lm
@@ -93,6 +134,7 @@ class LLMBackend:
         per_round = t.steps_per_round if t.steps_per_round is not None else -(-kept // (t.batch_size * t.gradient_accumulation_steps)) * t.epochs_per_round
         self.trainer = SFTTrainer(self.model, t, per_round * cfg.raft.rounds, cfg.raft.seed, self.pad_id)
         self.prompts_truncated = 0
+        self._truncated_unshared = 0  # this process's truncations the other processes have not counted yet
         self._tokenizer_files: dict[str, bytes] | None = None
 
     # -------------------------------------------------------------- helpers
@@ -102,6 +144,7 @@ class LLMBackend:
         ids, truncated = sampling.encode_prompts(self.tokenizer, texts, g.use_chat_template, g.max_prompt_tokens)
         if truncated:
             self.prompts_truncated += truncated
+            self._truncated_unshared += truncated
             log.warning("%d prompts over generation.max_prompt_tokens = %d were left-truncated; drop them beforehand "
                         "(raft_diffusion.llm.data.drop_long_prompts)", truncated, g.max_prompt_tokens)
         return ids
@@ -119,14 +162,48 @@ class LLMBackend:
             progress=self.progress,
         )
         responses = [logprob.with_eos(r, f, self.eos_id) for r, f in zip(gen.response_ids, gen.finished)]
+        outputs = [Response(*row) for row in zip(gen.responses, gen.prompt_ids, responses, gen.finished)]
         return Samples(
-            prompts=per_sample, groups=group_ids(len(prompts), k), ids=list(ids), seeds=list(seeds), outputs=gen.responses,
+            prompts=per_sample, groups=group_ids(len(prompts), k), ids=list(ids), seeds=list(seeds), outputs=outputs,
             extras={"prompt_ids": gen.prompt_ids, "response_ids": responses, "finished": gen.finished},
         )
 
-    def finetune(self, samples: Samples, kept: Sequence[int]) -> dict[str, float]:
+    def finetune(self, samples: Samples, kept: Sequence[int], shard: TrainShard | None = None) -> dict[str, float]:
+        """SFT on ``samples[kept]``; with ``shard`` (several processes) these are this process's kept samples."""
+        if shard is not None:
+            return self._finetune_sharded(samples, kept, shard)
         ex = samples.extras
         return self.trainer.train([ex["prompt_ids"][i] for i in kept], [ex["response_ids"][i] for i in kept], progress=self.progress)
+
+    def _finetune_sharded(self, samples: Samples, kept: Sequence[int], shard: TrainShard) -> dict[str, float]:
+        """Exchange label-token counts (and prompt-truncation counts), then train this process's share."""
+        dist = distributed.get()
+        error: BaseException | None = None
+        prompt_ids: list[list[int]] = []
+        response_ids: list[list[int]] = []
+        counts: list[int] = []
+        try:
+            ex = samples.extras
+            prompt_ids = [ex["prompt_ids"][i] for i in kept]
+            response_ids = [ex["response_ids"][i] for i in kept]
+            counts = logprob.label_counts(prompt_ids, response_ids, self.cfg.train.mask_prompt)
+        except Exception as exc:  # noqa: BLE001 - the other processes learn of it through the exchange
+            error = exc
+        parts = dist.all_gather_object((list(shard.positions), counts, self._truncated_unshared, error is not None))
+        if any(p[3] for p in parts):
+            if error is not None:
+                raise error
+            raise PeerFailure("fine-tuning: another process failed while preparing its samples")
+        label_counts: list[int | None] = [None] * shard.total
+        for positions, part_counts, _, _ in parts:
+            for pos, n in zip(positions, part_counts):
+                label_counts[pos] = n
+        if any(n is None for n in label_counts) or sum(len(p[0]) for p in parts) != shard.total:
+            raise RunError(f"the processes' kept samples do not cover the {shard.total} kept samples once each; a loop bug")
+        self.prompts_truncated += sum(p[2] for p in parts) - self._truncated_unshared
+        self._truncated_unshared = 0
+        return self.trainer.train(prompt_ids, response_ids, progress=self.progress, shard=shard,
+                                  label_counts=[int(n) for n in label_counts if n is not None])
 
     def log_ratio(self, samples: Samples) -> list[float]:
         """log p_model(y|x) - log p_initial(y|x) per sample (summed over response tokens incl. eos)."""
@@ -188,9 +265,10 @@ class LLMBackend:
 
     def write_round_artifacts(self, round_dir: Path, samples: Samples, rewards: Sequence[float], kept: Sequence[int]) -> dict[str, Any]:
         """responses.jsonl (every sample) and kept.jsonl (the kept ones); returns length and Distinct-1/2."""
+        finished = sample_extras(samples)["finished"]
         rows = [
-            {"id": samples.ids[i], "prompt": samples.texts[i], "response": samples.outputs[i], "reward": float(rewards[i]),
-             "seed": samples.seeds[i], "finished": bool(samples.extras["finished"][i])}
+            {"id": samples.ids[i], "prompt": samples.texts[i], "response": str(samples.outputs[i]), "reward": float(rewards[i]),
+             "seed": samples.seeds[i], "finished": bool(finished[i])}
             for i in range(len(samples))
         ]
         _write_jsonl(round_dir / "responses.jsonl", rows)
@@ -202,7 +280,7 @@ class LLMBackend:
 
     def metrics(self, samples: Samples) -> dict[str, Any]:
         """Response length (tokens, words), Distinct-1/2 and the finished fraction of ``samples``."""
-        ex = samples.extras
+        ex = sample_extras(samples)
         lengths = [len(r) - int(f) for r, f in zip(ex["response_ids"], ex["finished"])]
         return response_metrics(samples.outputs, lengths, ex["finished"])
 
@@ -210,6 +288,7 @@ class LLMBackend:
         """:meth:`metrics` of the eval samples, plus ``perplexity`` of the reference answers when the eval
         prompts' metadata carry one (keys in REFERENCE_KEYS, e.g. HH-RLHF's chosen answer)."""
         out = self.metrics(samples)
+        ex = sample_extras(samples)
         seen: set[int] = set()
         prompt_ids, refs = [], []
         for i, (g, p) in enumerate(zip(samples.groups, samples.prompts)):
@@ -217,7 +296,7 @@ class LLMBackend:
             if g in seen or ref is None:
                 continue
             seen.add(g)
-            prompt_ids.append(samples.extras["prompt_ids"][i])
+            prompt_ids.append(ex["prompt_ids"][i])
             refs.append(logprob.with_eos(self.tokenizer(ref, add_special_tokens=False).input_ids, True, self.eos_id))
         if refs:
             out["perplexity"] = logprob.perplexity(self.model, prompt_ids, refs, self.pad_id, self.cfg.generation.batch_size)

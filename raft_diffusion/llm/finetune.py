@@ -4,6 +4,15 @@ The loss of a micro-batch is the mean next-token negative log-likelihood over it
 the response tokens (plus eos when the response ended on its own), and the prompt tokens too when
 ``train.mask_prompt`` is false (as the authors' code did). Micro-batch order comes from a private
 seeded generator that is checkpointed, so a resumed run trains on the same batches.
+
+Several processes (``train(..., shard=TrainShard, label_counts=...)``): every process draws the same
+batch order for the whole global kept set (generators in lock-step), runs the model only on the
+rows of each micro-batch it owns, and divides their summed NLL by the label-token count of the
+whole global micro-batch (``label_counts``, shared by the backend beforehand); the LoRA gradients
+are then summed across processes (:meth:`~raft_diffusion.core.distributed.Distributed.all_reduce_grads_`)
+before clipping and the optimizer step, so the update equals the one-process update up to float
+rounding and the LoRA stays identical on every process. A failure on one process (the forward,
+the optimizer step, an injected fault) rides on the next exchange, so every process stops.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from raft_diffusion.core import distributed, faults
+from raft_diffusion.core.distributed import PeerFailure, TrainShard
 from raft_diffusion.errors import ConfigError, RunError
 from raft_diffusion.llm.logprob import response_labels, token_logprobs
 from raft_diffusion.training import make_optimizer
@@ -47,11 +58,18 @@ def add_lora(model: Any, rank: int, alpha: float | None, dropout: float, targets
     return peft_model
 
 
-def sft_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean NLL over label tokens of one micro-batch; all (B, L) int64 tensors on the model's device."""
+def sft_nll(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed NLL over the label tokens, their count) of one micro-batch; (B, L) int64 tensors on the model's device."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
     lp, valid = token_logprobs(logits, labels)
-    return -lp.sum() / valid.sum().clamp(min=1)
+    return -lp.sum(), valid.sum()
+
+
+def sft_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean NLL over label tokens of one micro-batch; all (B, L) int64 tensors on the model's device."""
+    total, count = sft_nll(model, input_ids, attention_mask, labels)
+    return total / count.clamp(min=1)
 
 
 class SFTTrainer:
@@ -91,9 +109,17 @@ class SFTTrainer:
             return c.steps_per_round
         return math.ceil(n / (c.batch_size * c.gradient_accumulation_steps)) * c.epochs_per_round
 
-    def train(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], progress: bool = True
-              ) -> dict[str, float]:
-        """One round of SFT on M pairs (responses already carry eos where due); returns loss, lr, steps."""
+    def train(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], progress: bool = True,
+              shard: TrainShard | None = None, label_counts: Sequence[int] | None = None) -> dict[str, float]:
+        """One round of SFT on M pairs (responses already carry eos where due); returns loss, lr, steps.
+
+        With ``shard`` the pairs are this process's kept samples and ``label_counts`` holds the
+        label-token count of every global kept sample (M of them; see the module doc).
+        """
+        if shard is not None:
+            if label_counts is None:
+                raise ValueError("SFTTrainer.train(shard=...) needs label_counts of the global kept set")
+            return self._train_sharded(prompt_ids, response_ids, shard, list(label_counts), progress)
         c = self.cfg
         m = len(prompt_ids)
         steps = self.steps_for(m)
@@ -118,19 +144,99 @@ class SFTTrainer:
                         raise RunError(f"training loss is {loss.item()} at step {self.step + 1}; lower train.learning_rate or check the data")
                     (loss / c.gradient_accumulation_steps).backward()
                     losses.append(loss.item())
-                if c.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
-                self.optimizer.step()
-                self.lr_scheduler.step()
-                self.step += 1
+                self._optimizer_step()
         finally:
             self.model.eval()
+        return self._stats(losses, steps)
+
+    def _optimizer_step(self) -> None:
+        """Clip, step the optimizer and the LR schedule, count the step."""
+        if self.cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.step += 1
+        faults.point("train")
+
+    def _stats(self, losses: list[float], steps: int) -> dict[str, float]:
         return {
             "loss": sum(losses) / len(losses) if losses else float("nan"),
             "lr": self.lr_scheduler.get_last_lr()[0],
             "steps": steps,
             "global_step": self.step,
         }
+
+    def _train_sharded(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], shard: TrainShard,
+                       label_counts: list[int], progress: bool) -> dict[str, float]:
+        """:meth:`train` on this process's share; every process runs the same exchanges in the same order."""
+        dist = distributed.get()
+        c = self.cfg
+        m = shard.total
+        steps = self.steps_for(m)
+        device = next(self.model.parameters()).device
+        failure: BaseException | None = None  # never raised at once: the other processes would wait in an exchange
+        local_of = [-1] * m
+        try:
+            if len(shard.positions) != len(prompt_ids) or len(label_counts) != m:
+                raise RunError(f"training shard has {len(shard.positions)} positions for {len(prompt_ids)} samples "
+                               f"and {len(label_counts)} label counts for {m} kept samples")
+            for j, pos in enumerate(shard.positions):
+                local_of[pos] = j
+        except Exception as exc:  # noqa: BLE001 - reported to every process at the first exchange
+            failure = exc
+        self.model.train()
+        losses: list[float] = []
+        order = torch.randperm(m, generator=self.generator)
+        cursor = 0
+        try:
+            for _ in tqdm(range(steps), desc="training", unit="step", disable=not progress, leave=False):
+                self.optimizer.zero_grad(set_to_none=True)
+                sums: list[float] = []
+                tokens: list[int] = []
+                for _ in range(c.gradient_accumulation_steps):
+                    if cursor >= m:
+                        order, cursor = torch.randperm(m, generator=self.generator), 0
+                    idx = order[cursor:cursor + c.batch_size].tolist()
+                    cursor += c.batch_size
+                    n_tokens = max(1, sum(label_counts[i] for i in idx)) if failure is None else 1
+                    mine = [local_of[i] for i in idx if local_of[i] >= 0]
+                    total = 0.0
+                    if failure is None and mine:
+                        try:
+                            ids, mask, labels = response_labels(
+                                [prompt_ids[j] for j in mine], [response_ids[j] for j in mine], self.pad_id, c.mask_prompt)
+                            with self._autocast():
+                                nll, _ = sft_nll(self.model, ids.to(device), mask.to(device), labels.to(device))
+                            (nll / (n_tokens * c.gradient_accumulation_steps)).backward()
+                            total = nll.item()
+                        except Exception as exc:  # noqa: BLE001 - reported to every process through the all-reduce
+                            failure = exc
+                    sums.append(total)
+                    tokens.append(n_tokens)
+                reduced = dist.all_reduce_grads_(self.params, "sum", [*sums, 1.0 if failure is not None else 0.0])
+                self._raise_if_failed(failure, reduced[-1])
+                for total, n_tokens in zip(reduced[:-1], tokens):
+                    loss = total / n_tokens
+                    if not math.isfinite(loss):
+                        raise RunError(f"training loss is {loss} at step {self.step + 1}; lower train.learning_rate or check the data")
+                    losses.append(loss)
+                try:
+                    self._optimizer_step()
+                except Exception as exc:  # noqa: BLE001 - reported at the next exchange
+                    failure = exc
+            # a failure in the last optimizer step has no next exchange: one more flag
+            flag = dist.all_reduce_(torch.tensor([1.0 if failure is not None else 0.0]), "sum")
+            self._raise_if_failed(failure, float(flag.item()))
+        finally:
+            self.model.eval()
+        return self._stats(losses, steps)
+
+    def _raise_if_failed(self, failure: BaseException | None, failed_anywhere: float) -> None:
+        """Raise this process's failure, or PeerFailure when only another process failed."""
+        if failed_anywhere > 0:
+            if failure is not None:
+                raise failure
+            raise PeerFailure(f"training step {self.step + 1}: another process failed")
 
     def state_dict(self) -> dict[str, Any]:
         """Optimizer, schedule, generator and step. The optimizer tensors are the live ones: serialize

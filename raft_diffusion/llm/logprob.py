@@ -50,6 +50,15 @@ def response_labels(
     return ids, mask, labels
 
 
+def label_counts(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], mask_prompt: bool = True) -> list[int]:
+    """Label tokens (next-token targets) of each prompt + response row, as :func:`response_labels` marks them."""
+    out = []
+    for p, r in zip(prompt_ids, response_ids):
+        start = len(p) if mask_prompt else 0
+        out.append(max(0, len(p) + len(r) - max(start, 1)))  # position 0 never has a target
+    return out
+
+
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p of each next-token label (B, L-1) float32, mask (B, L-1) bool of positions with a label).
 
