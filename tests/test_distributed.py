@@ -193,6 +193,34 @@ def test_exception_in_one_process_training_ends_the_run_everywhere_and_it_resume
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
 
 
+def test_exception_in_one_process_diffusion_training_ends_the_run_everywhere_and_it_resumes(runs, tiny_pipeline_dir, tmp_path):
+    """Process 1 raises after its first optimizer step of round 2 (RAFT_DIFFUSION_RAISE_AT, diffusion backend:
+    after that step's gradient exchange): both processes stop with its message at the next exchange, well
+    before the (here 120 s) timeout, round 1 stays on disk, and --resume latest ends bit-identical to the
+    uninterrupted run."""
+    out = tmp_path / "run"
+    env = {faults.RAISE_ENV: "2:train", faults.RANK_ENV: "1", TIMEOUT_ENV: "120"}
+    t0 = time.perf_counter()
+    proc = run_two(tiny_pipeline_dir, out, tmp_path / "dump", env=env, timeout=200)
+    seconds = time.perf_counter() - t0
+    err = proc.stderr
+    assert proc.returncode != 0, err[-3000:]
+    assert seconds < 60, f"the run took {seconds:.0f}s to stop: a process waited for the timeout"
+    msg = "process 1 of 2 failed: round 2, fine-tuning failed: RuntimeError: injected fault at round 2, train"
+    assert err.count(msg) == 2, err[-3000:]  # once from each process
+    assert [r["round"] for r in map(json.loads, open(out / "metrics.jsonl"))] == [1]
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["round-0001"]
+
+    resumed = run_two(tiny_pipeline_dir, out, tmp_path / "dump2", "--resume", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_file(runs / "two" / "pytorch_lora_weights.safetensors")
+    b = load_file(out / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ref_rows = [json.loads(line) for line in open(runs / "two" / "metrics.jsonl")]
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["kept_ids"] for r in rows] == [r["kept_ids"] for r in ref_rows]
+
+
 def test_killed_process_ends_the_run_and_it_resumes_to_the_same_lora(runs, tiny_pipeline_dir, tmp_path):
     """Process 1 is SIGKILLed after its first optimizer step of round 2 (RAFT_DIFFUSION_KILL_AT + _FAULT_RANK):
     process 0 loses its gloo connection in the next all-reduce at once ("lost contact"), and the torchrun
@@ -238,6 +266,24 @@ def test_single_process_object_is_a_no_op():
     assert d.all_reduce_(t) is t and torch.equal(t, torch.ones(3))
     with pytest.raises(ZeroDivisionError):
         d.call("x", lambda: 1 / 0)
+
+
+def test_failure_flag_holds_a_local_failure_until_a_check():
+    flag = distributed.FailureFlag(Distributed())
+    flag.check(0.0, "step 1")
+    with flag.capture():
+        raise ValueError("first")
+    with flag.capture():
+        raise KeyError("second")
+    assert flag.failed and flag.value == 1.0 and str(flag.failure) == "first"
+    with pytest.raises(ValueError, match="first"):
+        flag.check(1.0, "step 2")
+    with pytest.raises(ValueError, match="first"):
+        flag.final_check("after step 2")  # the flag alone, all-reduced (identity on one process)
+    peer = distributed.FailureFlag(Distributed())
+    with pytest.raises(distributed.PeerFailure, match="step 3: another process failed"):
+        peer.check(1.0, "step 3")
+    peer.final_check("after step 3")  # nobody failed
 
 
 class _TwoProcesses(Distributed):

@@ -5,12 +5,14 @@ is identical on both processes after every round (see tests/test_distributed.py 
 The config shards unevenly (3 prompts: 1 on process 0, 2 on process 1; 3 eval prompts likewise),
 accumulates gradients over micro-batches that straddle the processes, and left-truncates every
 prompt (the ``prompts_truncated`` count is shared across processes).
+
+test_loop_gathers_the_declared_extras_to_the_main_process runs the real loop in a 2-process gloo
+group with a fake backend: only the extras a backend lists in ``gathered_extras`` reach the main process.
 """
 
 from __future__ import annotations
 
 import json
-import pickle
 import time
 
 import pytest
@@ -18,8 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from prompts.types import Prompt
+from raft_diffusion.core import distributed
 from raft_diffusion.core.backend import Samples
-from raft_diffusion.llm.backend import Response, sample_extras
 from raft_diffusion.llm.logprob import label_counts, response_labels
 from tests.test_distributed import launch, lora_of
 
@@ -117,10 +119,99 @@ def test_label_counts_match_the_labels():
         assert label_counts(prompts, responses, mask_prompt) == (labels[:, 1:] != -100).sum(-1).tolist()
 
 
-def test_responses_carry_their_ids_through_a_gather():
-    r = Response("a cat", [4, 5], [6, 7, 3], True)
-    back = pickle.loads(pickle.dumps([r]))[0]
-    assert back == "a cat" and isinstance(back, str) and json.dumps(back) == '"a cat"'
-    assert (back.prompt_ids, back.response_ids, back.finished) == ([4, 5], [6, 7, 3], True)
-    view = Samples(prompts=[Prompt("p")], groups=[0], ids=["x"], seeds=[0], outputs=[back])  # no extras
-    assert sample_extras(view) == {"prompt_ids": [[4, 5]], "response_ids": [[6, 7, 3]], "finished": [True]}
+class _ExtrasBackend:
+    """A 2-process loop backend with list, tensor and bool extras; only ``tag`` and ``row`` are declared.
+
+    ``tag`` holds each sample's own id and ``row`` its seed, so the main process can check the global
+    order; ``latents`` (like the diffusion backend's) is not declared and must not reach it.
+    """
+
+    name = "extras"
+    supports_distributed = True
+    gathered_extras = ("tag", "row")
+
+    def __init__(self, record_dir: str) -> None:
+        self.record_dir = record_dir
+
+    def generate(self, prompts, k, seeds, ids):
+        from raft_diffusion.core.ranking import group_ids
+
+        n = len(prompts) * k
+        return Samples([p for p in prompts for _ in range(k)], group_ids(len(prompts), k), list(ids), list(seeds),
+                       outputs=[f"out-{i}" for i in ids],
+                       extras={"tag": list(ids), "row": torch.tensor(seeds, dtype=torch.long)[:, None], "latents": torch.zeros(n, 8)})
+
+    def finetune(self, samples, kept, shard=None):
+        return {"loss": 0.0}
+
+    def _record(self, name, samples):
+        import os
+
+        ex = samples.extras
+        with open(os.path.join(self.record_dir, f"{name}-rank{distributed.get().rank}.json"), "w") as fh:
+            json.dump({"ids": samples.ids, "seeds": samples.seeds, "outputs": list(samples.outputs), "keys": sorted(ex),
+                       "tag": ex["tag"], "row": ex["row"].tolist(), "row_is_tensor": isinstance(ex["row"], torch.Tensor)}, fh)
+
+    def write_round_artifacts(self, round_dir, samples, rewards, kept):
+        self._record("round", samples)
+        return {}
+
+    def eval_metrics(self, samples):
+        self._record("eval", samples)
+        return {}
+
+    def save_model(self, out_dir):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def _extras_worker(rank: int, port: int, out_dir: str) -> None:
+    """One round of the real loop in a 2-process gloo group with :class:`_ExtrasBackend` (3 prompts: 1 + 2)."""
+    import os
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank),
+                       "LOCAL_RANK": str(rank), "ACCELERATE_USE_CPU": "true"})
+    import prompts
+    from raft_diffusion.core.distributed import ProcessGroup
+    from raft_diffusion.core.loop import LoopSettings, RaftLoop
+
+    d = ProcessGroup(timeout_s=30)
+    distributed.set_current(d)
+    stream = prompts.PromptStream([Prompt(f"p{i}") for i in range(3)], 3, seed=1)
+    settings = LoopSettings(rounds=1, k=2, prompts_per_round=3, eval_samples_per_prompt=2, eval_every=1)
+    loop = RaftLoop(_ExtrasBackend(out_dir), lambda outputs, texts, meta: torch.arange(len(outputs), dtype=torch.float32),
+                    stream, settings, os.path.join(out_dir, "run"), eval_prompts=[Prompt(f"e{i}") for i in range(3)], dist=d)
+    loop.run()
+    d.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def test_loop_gathers_the_declared_extras_to_the_main_process(tmp_path):
+    """Under 2 processes the main process's write_round_artifacts/eval_metrics see the outputs and the
+    backend's gathered_extras (a list and a tensor) of every sample in the global order, and no other extras."""
+    import torch.multiprocessing as mp
+
+    from tests.test_distributed import _free_port
+
+    mp.start_processes(_extras_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    assert not list(tmp_path.glob("*-rank1.json")), "only the main process writes artifacts"
+    rnd = json.loads((tmp_path / "round-rank0.json").read_text())
+    assert rnd["ids"] == [f"r1-p{i // 2}-k{i % 2}" for i in range(6)]
+    assert rnd["keys"] == ["row", "tag"]  # the undeclared latents stayed where they were made
+    assert rnd["tag"] == rnd["ids"] and rnd["outputs"] == [f"out-{i}" for i in rnd["ids"]]
+    assert rnd["row_is_tensor"] and rnd["row"] == [[s] for s in rnd["seeds"]]
+    ev = json.loads((tmp_path / "eval-rank0.json").read_text())  # the last evaluation (round 1)
+    assert ev["keys"] == ["row", "tag"]
+    assert ev["tag"] == ev["ids"] == [f"eval-p{i // 2}-k{i % 2}" for i in range(6)]
+    assert ev["outputs"] == [f"out-{i}" for i in ev["ids"]] and len(ev["row"]) == 6
+
+
+def test_llm_backend_declares_what_its_main_process_reads():
+    from raft_diffusion.llm.backend import EXTRA_KEYS, LLMBackend
+
+    assert LLMBackend.gathered_extras == EXTRA_KEYS == ("prompt_ids", "response_ids", "finished")

@@ -20,7 +20,8 @@ class Samples:
     prompts: N prompts (each prompt repeated K times). groups: N prompt-group ids (0..b-1).
     ids: N stable sample ids ("r{round}-p{prompt}-k{j}"). seeds: N per-sample seeds.
     outputs: what the scorer reads: images (N, 3, H, W) float32 in [0, 1] on the CPU, or N strings.
-    extras: backend-private tensors needed for fine-tuning (final latents, prompt embeddings, ...).
+    extras: backend-private per-sample data needed for fine-tuning (final latents, token ids, ...);
+    under several processes only the keys in ``Backend.gathered_extras`` reach the main process.
     """
 
     prompts: list[Prompt]
@@ -44,9 +45,20 @@ class Samples:
 
 
 class Backend(Protocol):
-    """What the round loop needs from a model backend."""
+    """What the round loop needs from a model backend.
+
+    Multi-process runs also read two optional class attributes (with ``getattr``, so a backend may
+    omit them): ``supports_distributed`` (the loop then shards the prompts and passes ``shard=`` to
+    :meth:`finetune`) and ``gathered_extras``.
+    """
 
     name: str
+    #: ``Samples.extras`` keys that :meth:`write_round_artifacts` (and ``eval_metrics``) read. Under
+    #: several processes the loop gathers only the outputs and these keys to the main process, each a
+    #: per-sample list or a tensor with one row per sample, concatenated in the global sample order;
+    #: other extras stay on the process that made them. Default none (the diffusion backend's
+    #: latents are only for its own fine-tuning and never travel).
+    gathered_extras: tuple[str, ...] = ()
 
     def generate(self, prompts: Sequence[Prompt], k: int, seeds: Sequence[int], ids: Sequence[str]) -> Samples:
         """K samples per prompt, with sample i drawn from seed ``seeds[i]`` (N = len(prompts) * k)."""

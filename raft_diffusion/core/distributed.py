@@ -9,6 +9,8 @@ process waits forever on a peer that died.
 :meth:`Distributed.call` runs one stage and then exchanges a status string between all
 processes: a failure on any process ends the stage on every process with a
 :class:`~raft_diffusion.errors.RunError` that names the failing process and its message.
+Inside a stage that runs many collectives in lock-step (sharded training), :class:`FailureFlag`
+holds a local failure until the next exchange, so every process stops at the same point.
 
 Imports neither diffusers nor transformers (accelerate and torch.distributed lazily).
 """
@@ -16,11 +18,12 @@ Imports neither diffusers nor transformers (accelerate and torch.distributed laz
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -47,6 +50,58 @@ class TrainShard:
 
     total: int
     positions: list[int] = field(default_factory=list)
+
+
+class FailureFlag:
+    """A local failure in lock-step training, reported to every process at the next exchange.
+
+    Raising at once would leave the other processes waiting in their next collective until the
+    timeout, and the failing process's message would be lost. Instead: run the local work (forward,
+    backward, optimizer step) under :meth:`capture`, send :attr:`value` along with the next gradient
+    exchange (the last ``extra`` scalar of ``all_reduce_grads_``, summed) and pass the reduced value
+    to :meth:`check`; after the last exchange, :meth:`final_check` exchanges the flag once more.
+    Every process then raises at the same point: the failing one its own exception, the others
+    :class:`PeerFailure`, and :meth:`Distributed.call` around the stage reports the failing
+    process's message everywhere.
+    """
+
+    def __init__(self, dist: "Distributed") -> None:
+        self.dist = dist
+        self.failure: BaseException | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Whether this process has failed (later local work should be skipped)."""
+        return self.failure is not None
+
+    @property
+    def value(self) -> float:
+        """1.0 when this process has failed, else 0.0: the scalar to all-reduce (sum)."""
+        return 1.0 if self.failure is not None else 0.0
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[None]:
+        """Run the block; an exception it raises is kept (the first one) instead of propagating."""
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - reported to every process at the next check
+            if self.failure is None:
+                self.failure = exc
+
+    def check(self, failed_anywhere: float, where: str) -> None:
+        """After an exchange that carried :attr:`value` (summed): raise if any process failed.
+
+        This process's own failure is re-raised; otherwise :class:`PeerFailure` names ``where``.
+        """
+        if failed_anywhere > 0:
+            if self.failure is not None:
+                raise self.failure
+            raise PeerFailure(f"{where}: another process failed")
+
+    def final_check(self, where: str) -> None:
+        """Exchange the flag alone and :meth:`check` it: a failure after the last exchange has no next one."""
+        flag = self.dist.all_reduce_(torch.tensor([self.value]), "sum")
+        self.check(float(flag.item()), where)
 
 
 def shard_range(n_items: int, rank: int, world_size: int) -> tuple[int, int]:

@@ -8,9 +8,10 @@ checkpoint write (after the state file, before the folder is complete).
 With ``RAFT_DIFFUSION_FAULT_RANK=R`` only process R of a multi-process run (its ``RANK``) is hit.
 Unset, a point costs two dictionary lookups.
 
-Under several processes the LLM trainer reports a raise at ``train`` to the others at its next
-gradient exchange; the diffusion trainer's ``train`` point sits after its exchange, so a raise
-there leaves the other processes waiting until ``RAFT_DIFFUSION_DIST_TIMEOUT``.
+Under several processes both trainers (diffusion and LLM) report a raise at ``train`` to the
+others at their next gradient exchange, or at one final flag exchange after the last step
+(:class:`~raft_diffusion.core.distributed.FailureFlag`), so every process stops at once with the
+failing process's message instead of waiting until ``RAFT_DIFFUSION_DIST_TIMEOUT``.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ Multi-process runs (``accelerate launch``, see :mod:`raft_diffusion.core.distrib
 process draws the same prompt batch, generates and scores the samples of its contiguous block
 of prompts with the global sample seeds and ids, then rewards/ids are gathered so ranking runs on
 the full batch everywhere; each process trains on the kept samples it generated (the backend
-all-reduces gradients); the main process alone writes the run folder. With one process the
-loop runs exactly the single-process code path.
+all-reduces gradients); the main process alone writes the run folder, from every process's
+outputs and the ``Samples.extras`` keys the backend lists in ``gathered_extras`` (gathered to it
+in the global sample order). With one process the loop runs exactly the single-process code path.
 """
 
 from __future__ import annotations
@@ -355,6 +356,32 @@ class RaftLoop:
             return torch.cat(parts)
         return [x for p in parts for x in p]
 
+    def _gathered_keys(self) -> tuple[str, ...]:
+        """The ``Samples.extras`` keys the backend needs on the main process (``Backend.gathered_extras``)."""
+        return tuple(getattr(self.backend, "gathered_extras", ()) or ())
+
+    def _for_main(self, samples: Samples | None) -> tuple[Any, dict[str, Any]] | None:
+        """What this process sends the main process: its outputs and its ``gathered_extras`` (a key its
+        samples lack is left out and reported by :meth:`_assemble`, inside a synced stage)."""
+        if samples is None:
+            return None
+        return samples.outputs, {k: samples.extras[k] for k in self._gathered_keys() if k in samples.extras}
+
+    def _assemble(self, parts: Sequence[Any], n: int) -> tuple[Any, dict[str, Any]]:
+        """(outputs, gathered extras) of all ``n`` samples in the global order, from :meth:`_for_main` of
+        every process (rank order = the order of the contiguous prompt blocks)."""
+        parts = [p for p in parts if p is not None]
+        outputs = self._concat_outputs([p[0] for p in parts])
+        extras: dict[str, Any] = {}
+        for key in self._gathered_keys():
+            if any(key not in p[1] for p in parts):
+                raise RunError(f"the {self.backend.name} backend lists {key!r} in gathered_extras but its samples have no such extras")
+            value = self._concat_outputs([p[1][key] for p in parts])
+            if len(value) != n:
+                raise RunError(f"gathered extras {key!r} hold {len(value)} entries for {n} samples; they must be per-sample")
+            extras[key] = value
+        return outputs, extras
+
     def _run_round_sharded(self, r: int) -> dict[str, Any]:
         """One round over several processes (prompts sharded by contiguous blocks; see the module doc)."""
         s, d = self.settings, self.dist
@@ -406,12 +433,13 @@ class RaftLoop:
         t_train = time.perf_counter() - t0
         self._debug_dump(r)
 
-        # grids and kept images: the main process writes them from every process's outputs
-        outputs = self._gather(r, "collecting outputs", samples.outputs, to_main=True)
+        # grids, kept images, per-sample files: the main process writes them from every process's
+        # outputs and the extras the backend lists in gathered_extras
+        collected = self._gather(r, "collecting outputs", self._for_main(samples), to_main=True)
         round_dir = self.run_dir / "rounds" / f"round-{r:04d}"
 
         def write_round() -> dict[str, Any]:
-            view.outputs = self._concat_outputs(outputs)
+            view.outputs, view.extras = self._assemble(collected, n)
             round_dir.mkdir(parents=True, exist_ok=True)
             write_samples_table(round_dir, view, rewards, selection)
             return self.backend.write_round_artifacts(round_dir, view, rewards, selection.kept) or {}
@@ -449,14 +477,15 @@ class RaftLoop:
             }
         row["seconds"] = time.perf_counter() - t0
         if hasattr(self.backend, "eval_metrics"):
-            outputs = self._gather(r, what, samples.outputs if samples is not None else None, to_main=True)
+            collected = self._gather(r, what, self._for_main(samples), to_main=True)
 
             def metrics() -> dict[str, Any]:
                 per_sample = [p for p in self.eval_prompts for _ in range(k)]
                 n = len(per_sample)
+                outputs, extras = self._assemble(collected, n)
                 view = Samples(prompts=per_sample, groups=group_ids(len(self.eval_prompts), k),
                                ids=[f"eval-p{i // k}-k{i % k}" for i in range(n)], seeds=[0] * n,
-                               outputs=self._concat_outputs(outputs))
+                               outputs=outputs, extras=extras)
                 return self.backend.eval_metrics(view)
 
             extra = self._synced(r, f"{what} metrics", metrics, main_only=True)

@@ -10,6 +10,10 @@ noise and timesteps for the whole global micro-batch from its generator (kept in
 computes the loss only on the rows it owns (sum over owned rows / global micro-batch size),
 and the LoRA gradients are all-reduced (summed) before clipping and the optimizer step, so the
 update equals the one-process update up to float rounding and the weights stay equal everywhere.
+A failure on one process (the forward/backward, the optimizer step, an injected fault) rides on
+the next exchange, plus one final flag after the last step
+(:class:`~raft_diffusion.core.distributed.FailureFlag`), so every process stops together with the
+failing process's message.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from raft_diffusion.core import distributed, faults
-from raft_diffusion.core.distributed import PeerFailure, TrainShard
+from raft_diffusion.core.distributed import FailureFlag, TrainShard
 from raft_diffusion.diffusion.lora import lora_parameters
 from raft_diffusion.training import make_optimizer
 from raft_diffusion.errors import ConfigError, RunError
@@ -160,59 +164,60 @@ class LoraTrainer:
         return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
 
     def _train_sharded(self, latents: torch.Tensor, embeds: torch.Tensor, shard: TrainShard, progress: bool) -> dict[str, float]:
+        """:meth:`train` on this process's share; every process runs the same exchanges in the same order."""
         dist = distributed.get()
         c = self.cfg
         m = shard.total
-        if len(shard.positions) != latents.shape[0]:
-            raise RunError(f"training shard has {len(shard.positions)} positions for {latents.shape[0]} latents")
         steps = self.steps_for(m)
+        flag = FailureFlag(dist)  # a local failure is never raised at once: the others would wait in an exchange
+        local_of = torch.full((m,), -1, dtype=torch.long)
+        with flag.capture():
+            if len(shard.positions) != latents.shape[0]:
+                raise RunError(f"training shard has {len(shard.positions)} positions for {latents.shape[0]} latents")
+            if shard.positions:
+                local_of[torch.tensor(shard.positions, dtype=torch.long)] = torch.arange(len(shard.positions))
         self.unet.train()
         losses: list[float] = []
-        local_of = torch.full((m,), -1, dtype=torch.long)
-        if shard.positions:
-            local_of[torch.tensor(shard.positions, dtype=torch.long)] = torch.arange(len(shard.positions))
         order = torch.randperm(m, generator=self.generator)
         cursor = 0
         n_timesteps = self.noise_scheduler.config.num_train_timesteps
-        for _ in tqdm(range(steps), desc="training", unit="step", disable=not progress, leave=False):
-            self.optimizer.zero_grad(set_to_none=True)
-            failure: BaseException | None = None
-            sums: list[float] = []
-            sizes: list[int] = []
-            for _ in range(c.gradient_accumulation_steps):
-                if cursor + c.batch_size > m and cursor > 0:
-                    order, cursor = torch.randperm(m, generator=self.generator), 0
-                idx = order[cursor:cursor + c.batch_size]
-                cursor += c.batch_size
-                bsz = int(idx.shape[0])
-                # the whole global micro-batch's draws, in the one-process order: noise, then timesteps
-                noise = torch.randn((bsz, *latents.shape[1:]), generator=self.generator)
-                t = torch.randint(0, n_timesteps, (bsz,), generator=self.generator)
-                rows = local_of[idx]
-                own = rows >= 0
-                total = 0.0
-                if failure is None and bool(own.any()):
-                    try:
-                        sel = rows[own]
-                        loss_sum = self.per_row_loss(latents[sel], embeds[sel], noise[own], t[own]).sum()
-                        (loss_sum / (bsz * c.gradient_accumulation_steps)).backward()
-                        total = loss_sum.item()
-                    except Exception as exc:  # noqa: BLE001 - reported to every process through the all-reduce
-                        failure = exc
-                sums.append(total)
-                sizes.append(bsz)
-            reduced = dist.all_reduce_grads_(self.params, "sum", [*sums, 1.0 if failure is not None else 0.0])
-            if reduced[-1] > 0:
-                if failure is not None:
-                    raise failure
-                raise PeerFailure(f"training step {self.step + 1}: another process failed")
-            for total, bsz in zip(reduced[:-1], sizes):
-                loss = total / bsz
-                if not math.isfinite(loss):
-                    raise RunError(f"training loss is {loss} at step {self.step + 1}; lower train.learning_rate or check the data")
-                losses.append(loss)
-            self._optimizer_step()
-        self.unet.eval()
+        try:
+            for _ in tqdm(range(steps), desc="training", unit="step", disable=not progress, leave=False):
+                self.optimizer.zero_grad(set_to_none=True)
+                sums: list[float] = []
+                sizes: list[int] = []
+                for _ in range(c.gradient_accumulation_steps):
+                    if cursor + c.batch_size > m and cursor > 0:
+                        order, cursor = torch.randperm(m, generator=self.generator), 0
+                    idx = order[cursor:cursor + c.batch_size]
+                    cursor += c.batch_size
+                    bsz = int(idx.shape[0])
+                    # the whole global micro-batch's draws, in the one-process order: noise, then timesteps
+                    noise = torch.randn((bsz, *latents.shape[1:]), generator=self.generator)
+                    t = torch.randint(0, n_timesteps, (bsz,), generator=self.generator)
+                    rows = local_of[idx]
+                    own = rows >= 0
+                    total = 0.0
+                    if not flag.failed and bool(own.any()):
+                        with flag.capture():
+                            sel = rows[own]
+                            loss_sum = self.per_row_loss(latents[sel], embeds[sel], noise[own], t[own]).sum()
+                            (loss_sum / (bsz * c.gradient_accumulation_steps)).backward()
+                            total = loss_sum.item()
+                    sums.append(total)
+                    sizes.append(bsz)
+                reduced = dist.all_reduce_grads_(self.params, "sum", [*sums, flag.value])
+                flag.check(reduced[-1], f"training step {self.step + 1}")
+                for total, bsz in zip(reduced[:-1], sizes):
+                    loss = total / bsz
+                    if not math.isfinite(loss):
+                        raise RunError(f"training loss is {loss} at step {self.step + 1}; lower train.learning_rate or check the data")
+                    losses.append(loss)
+                with flag.capture():  # reported at the next exchange
+                    self._optimizer_step()
+            flag.final_check(f"after training step {self.step}")
+        finally:
+            self.unet.eval()
         return self._stats(losses, steps)
 
     def state_dict(self) -> dict[str, Any]:

@@ -10,8 +10,8 @@ generates its block of prompts with the global per-sample seeds, so every sample
 1-process self. :meth:`LLMBackend.finetune` with a ``shard`` first exchanges the label-token count
 of each kept sample (the SFT loss is normalised over the global micro-batch), then trains with
 gradients summed across processes (:mod:`raft_diffusion.llm.finetune`). The main process writes the
-round's files from the outputs the loop gathered: each output is a :class:`Response`, a ``str``
-that also carries its token ids and ``finished`` flag, so those travel with it.
+round's files and metrics from the outputs and the extras in :attr:`LLMBackend.gathered_extras`,
+which the loop gathers to it.
 """
 
 from __future__ import annotations
@@ -47,35 +47,8 @@ UNET_DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 FALLBACK_TARGETS = (["q_proj", "v_proj"], ["c_attn"], ["query_key_value"], ["Wqkv"], ["qkv_proj"])
 #: Eval-prompt metadata keys holding a reference answer (held-out perplexity).
 REFERENCE_KEYS = ("reference", "chosen_response", "chosen", "response")
-#: Samples.extras of this backend, also carried by every :class:`Response`.
+#: Samples.extras of this backend (all per-sample lists).
 EXTRA_KEYS = ("prompt_ids", "response_ids", "finished")
-
-
-class Response(str):
-    """A response string that also carries its ``prompt_ids``, ``response_ids`` (eos appended where due) and
-    ``finished`` flag: under several processes the loop gathers only outputs for the main process's files."""
-
-    prompt_ids: list[int]
-    response_ids: list[int]
-    finished: bool
-
-    def __new__(cls, text: str, prompt_ids: Sequence[int], response_ids: Sequence[int], finished: bool) -> "Response":
-        obj = super().__new__(cls, text)
-        obj.prompt_ids, obj.response_ids, obj.finished = list(prompt_ids), list(response_ids), bool(finished)
-        return obj
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Response, (str(self), self.prompt_ids, self.response_ids, self.finished))
-
-
-def sample_extras(samples: Samples) -> dict[str, list[Any]]:
-    """prompt_ids, response_ids and finished of every sample: ``samples.extras``, or for a view the
-    multi-process loop assembled from gathered outputs (no extras), read off the :class:`Response` outputs."""
-    if all(k in samples.extras for k in EXTRA_KEYS):
-        return samples.extras
-    if not all(isinstance(o, Response) for o in samples.outputs):
-        raise ModelError("LLM samples without extras need Response outputs (as LLMBackend.generate makes them)")
-    return {k: [getattr(o, k) for o in samples.outputs] for k in EXTRA_KEYS}
 
 
 def resolve_target_modules(model: Any, targets: Sequence[str]) -> list[str]:
@@ -112,6 +85,8 @@ class LLMBackend:
     name = "llm"
     #: multi-process runs: the loop shards prompts and passes ``shard`` to :meth:`finetune`
     supports_distributed = True
+    #: what the main process reads in write_round_artifacts/metrics/eval_metrics (the loop gathers them)
+    gathered_extras = EXTRA_KEYS
 
     def __init__(self, cfg: RaftConfig, model: Any | None = None, tokenizer: Any | None = None, progress: bool = True) -> None:
         from raft_diffusion.llm.model import load_causal_lm
@@ -162,9 +137,8 @@ class LLMBackend:
             progress=self.progress,
         )
         responses = [logprob.with_eos(r, f, self.eos_id) for r, f in zip(gen.response_ids, gen.finished)]
-        outputs = [Response(*row) for row in zip(gen.responses, gen.prompt_ids, responses, gen.finished)]
         return Samples(
-            prompts=per_sample, groups=group_ids(len(prompts), k), ids=list(ids), seeds=list(seeds), outputs=outputs,
+            prompts=per_sample, groups=group_ids(len(prompts), k), ids=list(ids), seeds=list(seeds), outputs=gen.responses,
             extras={"prompt_ids": gen.prompt_ids, "response_ids": responses, "finished": gen.finished},
         )
 
@@ -265,7 +239,7 @@ class LLMBackend:
 
     def write_round_artifacts(self, round_dir: Path, samples: Samples, rewards: Sequence[float], kept: Sequence[int]) -> dict[str, Any]:
         """responses.jsonl (every sample) and kept.jsonl (the kept ones); returns length and Distinct-1/2."""
-        finished = sample_extras(samples)["finished"]
+        finished = samples.extras["finished"]
         rows = [
             {"id": samples.ids[i], "prompt": samples.texts[i], "response": str(samples.outputs[i]), "reward": float(rewards[i]),
              "seed": samples.seeds[i], "finished": bool(finished[i])}
@@ -280,7 +254,7 @@ class LLMBackend:
 
     def metrics(self, samples: Samples) -> dict[str, Any]:
         """Response length (tokens, words), Distinct-1/2 and the finished fraction of ``samples``."""
-        ex = sample_extras(samples)
+        ex = samples.extras
         lengths = [len(r) - int(f) for r, f in zip(ex["response_ids"], ex["finished"])]
         return response_metrics(samples.outputs, lengths, ex["finished"])
 
@@ -288,7 +262,7 @@ class LLMBackend:
         """:meth:`metrics` of the eval samples, plus ``perplexity`` of the reference answers when the eval
         prompts' metadata carry one (keys in REFERENCE_KEYS, e.g. HH-RLHF's chosen answer)."""
         out = self.metrics(samples)
-        ex = sample_extras(samples)
+        ex = samples.extras
         seen: set[int] = set()
         prompt_ids, refs = [], []
         for i, (g, p) in enumerate(zip(samples.groups, samples.prompts)):

@@ -12,7 +12,8 @@ whole global micro-batch (``label_counts``, shared by the backend beforehand); t
 are then summed across processes (:meth:`~raft_diffusion.core.distributed.Distributed.all_reduce_grads_`)
 before clipping and the optimizer step, so the update equals the one-process update up to float
 rounding and the LoRA stays identical on every process. A failure on one process (the forward,
-the optimizer step, an injected fault) rides on the next exchange, so every process stops.
+the optimizer step, an injected fault) rides on the next exchange, plus one final flag after the
+last step (:class:`~raft_diffusion.core.distributed.FailureFlag`), so every process stops together.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from raft_diffusion.core import distributed, faults
-from raft_diffusion.core.distributed import PeerFailure, TrainShard
+from raft_diffusion.core.distributed import FailureFlag, TrainShard
 from raft_diffusion.errors import ConfigError, RunError
 from raft_diffusion.llm.logprob import response_labels, token_logprobs
 from raft_diffusion.training import make_optimizer
@@ -174,16 +175,14 @@ class SFTTrainer:
         m = shard.total
         steps = self.steps_for(m)
         device = next(self.model.parameters()).device
-        failure: BaseException | None = None  # never raised at once: the other processes would wait in an exchange
+        flag = FailureFlag(dist)  # a local failure is never raised at once: the others would wait in an exchange
         local_of = [-1] * m
-        try:
+        with flag.capture():
             if len(shard.positions) != len(prompt_ids) or len(label_counts) != m:
                 raise RunError(f"training shard has {len(shard.positions)} positions for {len(prompt_ids)} samples "
                                f"and {len(label_counts)} label counts for {m} kept samples")
             for j, pos in enumerate(shard.positions):
                 local_of[pos] = j
-        except Exception as exc:  # noqa: BLE001 - reported to every process at the first exchange
-            failure = exc
         self.model.train()
         losses: list[float] = []
         order = torch.randperm(m, generator=self.generator)
@@ -198,45 +197,32 @@ class SFTTrainer:
                         order, cursor = torch.randperm(m, generator=self.generator), 0
                     idx = order[cursor:cursor + c.batch_size].tolist()
                     cursor += c.batch_size
-                    n_tokens = max(1, sum(label_counts[i] for i in idx)) if failure is None else 1
+                    n_tokens = max(1, sum(label_counts[i] for i in idx)) if not flag.failed else 1
                     mine = [local_of[i] for i in idx if local_of[i] >= 0]
                     total = 0.0
-                    if failure is None and mine:
-                        try:
+                    if not flag.failed and mine:
+                        with flag.capture():
                             ids, mask, labels = response_labels(
                                 [prompt_ids[j] for j in mine], [response_ids[j] for j in mine], self.pad_id, c.mask_prompt)
                             with self._autocast():
                                 nll, _ = sft_nll(self.model, ids.to(device), mask.to(device), labels.to(device))
                             (nll / (n_tokens * c.gradient_accumulation_steps)).backward()
                             total = nll.item()
-                        except Exception as exc:  # noqa: BLE001 - reported to every process through the all-reduce
-                            failure = exc
                     sums.append(total)
                     tokens.append(n_tokens)
-                reduced = dist.all_reduce_grads_(self.params, "sum", [*sums, 1.0 if failure is not None else 0.0])
-                self._raise_if_failed(failure, reduced[-1])
+                reduced = dist.all_reduce_grads_(self.params, "sum", [*sums, flag.value])
+                flag.check(reduced[-1], f"training step {self.step + 1}")
                 for total, n_tokens in zip(reduced[:-1], tokens):
                     loss = total / n_tokens
                     if not math.isfinite(loss):
                         raise RunError(f"training loss is {loss} at step {self.step + 1}; lower train.learning_rate or check the data")
                     losses.append(loss)
-                try:
+                with flag.capture():  # reported at the next exchange
                     self._optimizer_step()
-                except Exception as exc:  # noqa: BLE001 - reported at the next exchange
-                    failure = exc
-            # a failure in the last optimizer step has no next exchange: one more flag
-            flag = dist.all_reduce_(torch.tensor([1.0 if failure is not None else 0.0]), "sum")
-            self._raise_if_failed(failure, float(flag.item()))
+            flag.final_check(f"after training step {self.step}")
         finally:
             self.model.eval()
         return self._stats(losses, steps)
-
-    def _raise_if_failed(self, failure: BaseException | None, failed_anywhere: float) -> None:
-        """Raise this process's failure, or PeerFailure when only another process failed."""
-        if failed_anywhere > 0:
-            if failure is not None:
-                raise failure
-            raise PeerFailure(f"training step {self.step + 1}: another process failed")
 
     def state_dict(self) -> dict[str, Any]:
         """Optimizer, schedule, generator and step. The optimizer tensors are the live ones: serialize
