@@ -79,3 +79,24 @@ def test_bad_input_is_one_line_error(tmp_path):
 def test_prompt_sets(name):
     prompts = getattr(miniworld, name)()
     assert 5 <= len(prompts) <= 30 and len(set(prompts)) == len(prompts)
+
+
+def test_faithful_filter_keeps_images_that_follow_their_prompt():
+    from raft_diffusion.core.backend import Samples
+    from raft_diffusion.core.ranking import group_ids
+    from raft_diffusion.miniworld import world
+    from raft_diffusion.miniworld.fidelity import FidelityScorer, faithful
+    from prompts.types import Prompt
+
+    scenes = world.heldout_scenes(12)
+    images = world.render_batch(scenes)
+    right = [f"a {s.objects[0].colour} {s.objects[0].shape}" for s in scenes]
+    wrong = [f"a {next(c for c in world.COLOURS if c != s.objects[0].colour)} {s.objects[0].shape}" for s in scenes]
+    texts = right + wrong
+    samples = Samples(prompts=[Prompt(t) for t in texts], groups=group_ids(len(texts), 1), ids=[str(i) for i in range(len(texts))],
+                      seeds=list(range(len(texts))), outputs=torch.cat([images, images]))
+    keep = faithful(samples, [0.0] * len(texts))
+    shape_ok, colour_ok = FidelityScorer().correctness(samples.outputs, texts)
+    assert keep == [bool(s and c) for s, c in zip(shape_ok.tolist(), colour_ok.tolist())]
+    assert sum(keep[:12]) >= 10, "renders named right should mostly pass"
+    assert not any(keep[12:]), "an image of another colour than prompted must be discarded"

@@ -53,3 +53,19 @@ class FidelityScorer:
         if self.part == "colour":
             return colour_ok
         return (shape_ok + colour_ok) / 2
+
+
+_FILTER_SCORER: FidelityScorer | None = None
+
+
+def faithful(samples: Any, rewards: Sequence[float]) -> list[bool]:
+    """A ranking filter (``ranking.filter: raft_diffusion.miniworld.fidelity:faithful``): keep the
+    images in which the miniworld CLIP names both the prompted shape and the prompted colour.
+
+    The paper's reward-hacking fix: the reward ranks only samples that still follow their prompt.
+    """
+    global _FILTER_SCORER
+    if _FILTER_SCORER is None:
+        _FILTER_SCORER = FidelityScorer()
+    shape_ok, colour_ok = _FILTER_SCORER.correctness(samples.outputs, samples.texts)
+    return [bool(s and c) for s, c in zip(shape_ok.tolist(), colour_ok.tolist())]
