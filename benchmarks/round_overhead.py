@@ -1,7 +1,7 @@
 """Overhead of one RAFT round against bare diffusers + a bare LoRA loop doing the same work.
 
-Prints, on the same pipeline and settings: the wall time of one RAFT round (generate, score,
-rank, train, write records and checkpoint), the time of a bare ``StableDiffusionPipeline``
+Prints, on the same pipeline and settings: the wall time of one RAFT round as ``loop.run()``
+runs it (generate, score, rank, train, write records and checkpoint), the time of a bare ``StableDiffusionPipeline``
 call generating the same images plus a bare peft LoRA training loop of the same steps, their
 ratio (target <= 1.10), and the peak RSS of each (each variant runs in its own process).
 
@@ -32,23 +32,18 @@ def settings(args):
 
 
 def run_raft(args) -> dict:
+    """Rounds exactly as ``loop.run()`` runs them: a round is timed from the end of the previous
+    one to its own end (generate, score, rank, train, samples table, grid, checkpoint, metrics,
+    the run's LoRA file, the callbacks); the first round is the warm-up."""
     from raft_diffusion.api import build_loop
     from raft_diffusion.config import RaftConfig
 
+    ends: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = RaftConfig().replace({**settings(args), "output.dir": f"{tmp}/run"})
-        loop = build_loop(cfg, progress=False)
-        loop.run_round(1)  # warm-up (first calls allocate and compile kernels)
-        times = []
-        for r in range(2, args.rounds + 2):
-            t0 = time.perf_counter()
-            loop.run_round(r)
-            from raft_diffusion.core import checkpoint
-
-            checkpoint.save_checkpoint(loop.run_dir / "checkpoints", r, loop.backend.state_dict(), loop._loop_state(), 2)
-            loop.history.write(loop.run_dir)
-            loop.backend.save_model(loop.run_dir)
-            times.append(time.perf_counter() - t0)
+        loop = build_loop(cfg, progress=False, on_round=lambda r, history: ends.append(time.perf_counter()))
+        loop.run()
+    times = [b - a for a, b in zip(ends, ends[1:])]
     return {"seconds": min(times)}
 
 

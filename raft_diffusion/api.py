@@ -154,6 +154,10 @@ def _check_resumable(cfg: RaftConfig, run_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------ the whole job
+#: rounds between redraws of reward_curve.png (it is always drawn after the last round)
+CURVE_EVERY = 10
+
+
 def build_loop(
     cfg: RaftConfig | None = None,
     *,
@@ -191,7 +195,10 @@ def build_loop(
     reward_fn, scorer_name, eval_scorers, stream, eval_prompts, filt, backend = dist.call("building the run", pieces)
 
     def after_round(r: int, history: History) -> None:
-        reward_curve(history.rounds, run_dir / "reward_curve.png", history.evals, scorer_name)
+        # rendering a figure costs more than the rest of a round's records: redraw it every
+        # CURVE_EVERY rounds and at the end, not after every round
+        if r == cfg.raft.rounds or r % CURVE_EVERY == 0:
+            reward_curve(history.rounds, run_dir / "reward_curve.png", history.evals, scorer_name)
         if on_round:
             on_round(r, history)
 

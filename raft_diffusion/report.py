@@ -43,7 +43,7 @@ def image_grid(images: torch.Tensor, captions: Sequence[str], columns: int, cell
 
 def save_atomic_image(image, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    image.save(tmp, format="PNG")
+    image.save(tmp, format="PNG", compress_level=1)  # fast zlib level: a round writes many images
     os.replace(tmp, path)
 
 
