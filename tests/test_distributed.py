@@ -374,3 +374,17 @@ def test_collectives_and_failure_sync_in_a_gloo_group(tmp_path):
         assert r["error"] == ["RunError", "process 1 of 2 failed: ValueError: boom on 1"]
         assert r["config_error"][1] == "process 0 of 2 failed: output.dir is a file"
     assert r0["config_error"][0] == "ConfigError" and r1["config_error"][0] == "RunError"
+
+
+@pytest.mark.parametrize("var, name", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
+def test_deepspeed_or_fsdp_config_is_named_as_not_applied(monkeypatch, caplog, var, name):
+    from raft_diffusion.core import distributed
+
+    monkeypatch.setenv(var, "true")
+    distributed.set_current(None)
+    try:
+        with caplog.at_level("WARNING", logger="raft_diffusion.core.distributed"):
+            distributed.get()
+    finally:
+        distributed.set_current(None)
+    assert any(name in r.getMessage() and "not apply" in r.getMessage() for r in caplog.records)

@@ -299,6 +299,13 @@ def get() -> Distributed:
     """The process-wide :class:`Distributed` (created on first use from the environment)."""
     global _CURRENT
     if _CURRENT is None:
+        unwrapped = [name for name, var in (("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"), ("FSDP", "ACCELERATE_USE_FSDP"))
+                     if os.environ.get(var, "").lower() == "true"]
+        if unwrapped:
+            log.warning(
+                "the accelerate config asks for %s, which raft-diffusion does not apply: the LoRA's gradients are "
+                "all-reduced by the loop and the model is not sharded (see README, DeepSpeed / FSDP)", unwrapped[0]
+            )
         if world_size_from_env() > 1:
             _CURRENT = ProcessGroup()
         else:
