@@ -112,3 +112,21 @@ def test_nan_loss_stops_with_round_and_cause(tiny_pipeline_dir, tmp_path):
     with pytest.raises(RunError, match=r"round 1, fine-tuning: training loss is nan at step 1"):
         loop.run()
     assert not (tmp_path / "run" / "checkpoints").exists() or not list((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_caption_dropout_trains_a_share_against_the_empty_prompt(tiny_pipeline_dir, tmp_path):
+    from raft_diffusion.errors import ConfigError
+
+    loop = build_loop(tiny_config(tiny_pipeline_dir, tmp_path / "run", **{"train.caption_dropout": 0.5}), progress=False)
+    trainer = loop.backend.trainer
+    uncond = loop.backend.encoder.negative(1)
+    embeds = torch.randn(400, *uncond.shape[1:])
+    out = trainer._drop_captions(embeds, 400)
+    dropped = [bool(torch.equal(row, uncond[0])) for row in out]
+    kept = [bool(torch.equal(a, b)) for a, b in zip(out, embeds)]
+    assert all(d != k for d, k in zip(dropped, kept)), "every row is either its own prompt or the empty one"
+    assert 150 < sum(dropped) < 250
+    from raft_diffusion.config import validate
+
+    with pytest.raises(ConfigError, match="caption_dropout"):
+        validate(tiny_config(tiny_pipeline_dir, tmp_path / "x", **{"train.caption_dropout": 1.0}))

@@ -41,6 +41,7 @@ def _args(pipe_dir, out_dir, *extra):
         "--model.pretrained", str(pipe_dir), "--raft.rounds", str(ROUNDS), "--raft.k", "2", "--raft.prompts_per_round", "2",
         "--raft.seed", "3", "--sampling.steps", "2", "--sampling.batch_size", "4", "--train.steps_per_round", "3",
         "--train.batch_size", "2", "--train.learning_rate", "1e-3", "--prompts.eval", "cifar10", "--prompts.eval_limit", "2",
+        "--train.caption_dropout", "0.5",  # the dropout mask too must be drawn as one process draws it
         *extra,
     ]
 

@@ -70,7 +70,8 @@ class DiffusionBackend:
         kept = expected_kept_per_round(cfg)
         t = cfg.train
         per_round = t.steps_per_round if t.steps_per_round is not None else -(-kept // (t.batch_size * t.gradient_accumulation_steps)) * t.epochs_per_round
-        self.trainer = LoraTrainer(self.pipe.unet, noise_scheduler, t, per_round * cfg.raft.rounds, cfg.raft.seed)
+        uncond = self.encoder.negative(1) if t.caption_dropout else None
+        self.trainer = LoraTrainer(self.pipe.unet, noise_scheduler, t, per_round * cfg.raft.rounds, cfg.raft.seed, uncond)
 
     # -------------------------------------------------------------- protocol
     def generate(self, prompts: Sequence[Prompt], k: int, seeds: Sequence[int], ids: Sequence[str]) -> Samples:

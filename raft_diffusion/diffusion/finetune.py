@@ -44,7 +44,8 @@ class LoraTrainer:
     the LR schedule).
     """
 
-    def __init__(self, unet: Any, noise_scheduler: Any, cfg: Any, total_steps: int, seed: int) -> None:
+    def __init__(self, unet: Any, noise_scheduler: Any, cfg: Any, total_steps: int, seed: int,
+                 uncond: torch.Tensor | None = None) -> None:
         from diffusers.optimization import get_scheduler
 
         self.unet = unet
@@ -58,6 +59,10 @@ class LoraTrainer:
             cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=max(1, total_steps),
         )
         self.generator = torch.Generator("cpu").manual_seed(seed)
+        #: (1, L, D) embedding of the empty prompt, for train.caption_dropout
+        self.uncond = uncond
+        if getattr(cfg, "caption_dropout", 0.0) and uncond is None:
+            raise ConfigError("train.caption_dropout needs the empty prompt's embedding (pass uncond=)")
         self.step = 0
         # diffusers' ModelMixin.dtype/.device walk every module: read them once
         self.dtype = unet.dtype
@@ -70,12 +75,26 @@ class LoraTrainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
+    def _drop_captions(self, embeds: torch.Tensor, n: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Replace a ``train.caption_dropout`` share of ``embeds`` (B, L, D) by the empty prompt's.
+
+        The mask is drawn for the whole micro-batch of ``n`` rows (after its noise and timesteps);
+        ``rows`` picks this process's rows of it. Off (0): draws nothing, returns ``embeds``."""
+        p = getattr(self.cfg, "caption_dropout", 0.0)
+        if not p:
+            return embeds
+        drop = torch.rand(n, generator=self.generator) < p
+        if rows is not None:
+            drop = drop[rows]
+        return torch.where(drop[:, None, None], self.uncond.to(embeds.dtype).expand_as(embeds), embeds)
+
     def loss(self, latents: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         """Noise-prediction MSE of one micro-batch. latents (B, C, h, w), embeds (B, L, D)."""
         sched = self.noise_scheduler
         device = self.device
         noise = torch.randn(latents.shape, generator=self.generator).to(device)
         t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=self.generator).to(device)
+        embeds = self._drop_captions(embeds, latents.shape[0])
         x0 = latents.to(device)
         noisy = sched.add_noise(x0, noise, t)
         kind = sched.config.prediction_type
@@ -197,11 +216,13 @@ class LoraTrainer:
                     t = torch.randint(0, n_timesteps, (bsz,), generator=self.generator)
                     rows = local_of[idx]
                     own = rows >= 0
+                    mine = embeds[rows[own]] if bool(own.any()) else embeds[:0]
+                    mine = self._drop_captions(mine, bsz, own)
                     total = 0.0
                     if not flag.failed and bool(own.any()):
                         with flag.capture():
                             sel = rows[own]
-                            loss_sum = self.per_row_loss(latents[sel], embeds[sel], noise[own], t[own]).sum()
+                            loss_sum = self.per_row_loss(latents[sel], mine, noise[own], t[own]).sum()
                             (loss_sum / (bsz * c.gradient_accumulation_steps)).backward()
                             total = loss_sum.item()
                     sums.append(total)
