@@ -194,20 +194,21 @@ def test_exception_in_one_process_training_ends_the_run_everywhere_and_it_resume
     assert all(torch.equal(r0[k], r1[k]) for k in r0)
 
 
-def test_exception_in_one_process_diffusion_training_ends_the_run_everywhere_and_it_resumes(runs, tiny_pipeline_dir, tmp_path):
-    """Process 1 raises after its first optimizer step of round 2 (RAFT_DIFFUSION_RAISE_AT, diffusion backend:
-    after that step's gradient exchange): both processes stop with its message at the next exchange, well
-    before the (here 120 s) timeout, round 1 stays on disk, and --resume latest ends bit-identical to the
-    uninterrupted run."""
+@pytest.mark.parametrize("phase", ["prepare", "train"])
+def test_exception_in_one_process_diffusion_training_ends_the_run_everywhere_and_it_resumes(runs, tiny_pipeline_dir, tmp_path, phase):
+    """Process 1 raises in round 2 (RAFT_DIFFUSION_RAISE_AT, diffusion backend) while gathering its kept
+    samples ("prepare", before any gradient exchange) or after its first optimizer step ("train", after that
+    step's exchange): both processes stop with its message at the next exchange, well before the (here
+    120 s) timeout, round 1 stays on disk, and --resume latest ends bit-identical to the uninterrupted run."""
     out = tmp_path / "run"
-    env = {faults.RAISE_ENV: "2:train", faults.RANK_ENV: "1", TIMEOUT_ENV: "120"}
+    env = {faults.RAISE_ENV: f"2:{phase}", faults.RANK_ENV: "1", TIMEOUT_ENV: "120"}
     t0 = time.perf_counter()
     proc = run_two(tiny_pipeline_dir, out, tmp_path / "dump", env=env, timeout=200)
     seconds = time.perf_counter() - t0
     err = proc.stderr
     assert proc.returncode != 0, err[-3000:]
     assert seconds < 60, f"the run took {seconds:.0f}s to stop: a process waited for the timeout"
-    msg = "process 1 of 2 failed: round 2, fine-tuning failed: RuntimeError: injected fault at round 2, train"
+    msg = f"process 1 of 2 failed: round 2, fine-tuning failed: RuntimeError: injected fault at round 2, {phase}"
     assert err.count(msg) == 2, err[-3000:]  # once from each process
     assert [r["round"] for r in map(json.loads, open(out / "metrics.jsonl"))] == [1]
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["round-0001"]

@@ -4,7 +4,9 @@ Setting ``RAFT_DIFFUSION_KILL_AT="ROUND:PHASE"`` (PHASE one of ``generate``, ``t
 ``checkpoint``) makes the process SIGKILL itself at that point of that round: in the middle of
 generation (after the first batch), of training (after the first optimizer step), or of a
 checkpoint write (after the state file, before the folder is complete).
-``RAFT_DIFFUSION_RAISE_AT="ROUND:PHASE"`` raises a RuntimeError there instead (a Python failure).
+``RAFT_DIFFUSION_RAISE_AT="ROUND:PHASE"`` raises a RuntimeError there instead (a Python failure);
+it also knows ``prepare`` (the diffusion backend gathering the kept latents and prompt embeddings,
+before training starts).
 With ``RAFT_DIFFUSION_FAULT_RANK=R`` only process R of a multi-process run (its ``RANK``) is hit.
 Unset, a point costs two dictionary lookups.
 

@@ -11,7 +11,8 @@ import torch
 from prompts.types import Prompt
 from raft_diffusion.config import RaftConfig
 from raft_diffusion.core.backend import Samples
-from raft_diffusion.core.distributed import TrainShard
+from raft_diffusion.core import distributed, faults
+from raft_diffusion.core.distributed import FailureFlag, TrainShard
 from raft_diffusion.core.ranking import group_ids
 from raft_diffusion.training import expected_kept_per_round
 from raft_diffusion.diffusion import lora as lora_mod
@@ -100,15 +101,24 @@ class DiffusionBackend:
 
     def finetune(self, samples: Samples, kept: Sequence[int], shard: TrainShard | None = None) -> dict[str, float]:
         """Train on ``samples[kept]``; with ``shard`` (several processes) these are this process's kept samples."""
+        if shard is None:
+            return self.trainer.train(*self._kept_batch(samples, kept), progress=self.progress)
+        # a failure here must reach the others before they wait in the first gradient exchange
+        flag = FailureFlag(distributed.get())
+        batch = None
+        with flag.capture():
+            batch = self._kept_batch(samples, kept)
+        flag.final_check("preparing the kept samples for training")
+        return self.trainer.train(*batch, progress=self.progress, shard=shard)
+
+    def _kept_batch(self, samples: Samples, kept: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latents (M, C, h, w), prompt embeddings (M, L, D)) of the kept samples."""
+        faults.point("prepare")
         idx = torch.tensor(list(kept), dtype=torch.long)
         latents = samples.extras["latents"][idx]
-        if shard is not None and not kept:
-            embeds = self.encoder(samples.texts[:1])[:0]  # owns no kept sample: still joins every all-reduce
-        else:
-            embeds = self.encoder([samples.texts[i] for i in kept])
-        if shard is not None:
-            return self.trainer.train(latents, embeds, progress=self.progress, shard=shard)
-        return self.trainer.train(latents, embeds, progress=self.progress)
+        if not kept:
+            return latents, self.encoder(samples.texts[:1])[:0]  # owns no kept sample: still joins every all-reduce
+        return latents, self.encoder([samples.texts[i] for i in kept])
 
     def save_model(self, out_dir: Path) -> None:
         lora_mod.save_lora(self.pipe.unet, out_dir)
