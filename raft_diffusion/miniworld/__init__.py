@@ -31,7 +31,7 @@ from raft_diffusion.miniworld.world import (
 )
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-ADAPTATION_RESOLUTION = 64
+ADAPTATION_RESOLUTION = 16
 """Resolution the base pipeline was not trained at (the resolution-adaptation experiment)."""
 
 

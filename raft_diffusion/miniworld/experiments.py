@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 
 log = logging.getLogger(__name__)
 PRESETS = {"resolution": "miniworld-resolution", "aesthetic": "miniworld-aesthetic"}
@@ -62,6 +64,23 @@ def evaluate(backend: Any, prompts: Sequence[str], per_prompt: int, scorers_: di
     return out
 
 
+@torch.no_grad()
+def vae_ceiling(vae: Any, resolution: int, n: int = 300) -> dict[str, float]:
+    """Shape / colour accuracy of held-out renders resized to ``resolution`` and passed through the
+    VAE (encode, decode): the most prompt fidelity any UNet can reach at that size."""
+    import torch.nn.functional as F
+
+    from raft_diffusion.miniworld import world
+    from raft_diffusion.miniworld.fidelity import FidelityScorer
+
+    scenes = world.heldout_scenes(n)
+    x = F.interpolate(world.render_batch(scenes), size=(resolution, resolution), mode="area")
+    z = vae.encode((x * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mean
+    y = (vae.decode(z).sample.float().cpu() / 2 + 0.5).clamp(0, 1)
+    shape_ok, colour_ok = FidelityScorer().correctness(y, [f"a {s.objects[0].colour} {s.objects[0].shape}" for s in scenes])
+    return {"shape_acc": float(shape_ok.mean()), "colour_acc": float(colour_ok.mean())}
+
+
 def run_experiment(name: str, out_dir: str | Path, *, overrides: dict[str, Any] | None = None,
                    per_prompt: int = 8, progress: bool = False) -> dict[str, Any]:
     """Run experiment ``name`` ("resolution" or "aesthetic"); returns {"before", "after", "native", "history", ...}."""
@@ -89,6 +108,7 @@ def run_experiment(name: str, out_dir: str | Path, *, overrides: dict[str, Any] 
     if loop.backend.height != NATIVE_RESOLUTION:
         result["native"] = {s: evaluate(loop.backend, p, per_prompt, judges, NATIVE_RESOLUTION, NATIVE_RESOLUTION)
                             for s, p in splits.items()}
+        result["vae_ceiling"] = vae_ceiling(loop.backend.pipe.vae, loop.backend.height)
     history = loop.run()
     result["after"] = {s: evaluate(loop.backend, p, per_prompt, judges) for s, p in splits.items()}
     result["history"] = history.rounds
@@ -104,12 +124,14 @@ def _pct(x: float) -> str:
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """Markdown table rows of before / after per split, and the experiment's headline checks."""
     reward = result["reward"]
+    native = result.get("native")
     lines = [
-        "| split | metric | before | after |",
-        "|---|---|---|---|",
+        "| split | metric | " + (f"native {result['native_resolution']} px | " if native else "") + "before | after |",
+        "|---|---|---|---|" + ("---|" if native else ""),
     ]
     for split in ("in_domain", "out_of_domain"):
         b, a = result["before"][split], result["after"][split]
+        n = native[split] if native else None
         rows = [(f"{reward} (unbiased: first image per prompt)", f"{reward}_first", "{:.3f}"),
                 (f"{reward} (mean of {result['per_prompt']} per prompt)", reward, "{:.3f}"),
                 ("held-out CLIP score (miniworld-clip)", "miniworld-clip", "{:.2f}"),
@@ -120,7 +142,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             if label.startswith("held-out CLIP") and reward == "miniworld-clip":
                 continue  # the reward rows above are already the CLIP score
             f = (lambda v: _pct(v)) if fmt is None else (lambda v, fmt=fmt: fmt.format(v))
-            lines.append(f"| {split.replace('_', '-')} | {label} | {f(b[key])} | {f(a[key])} |")
+            cells = ([f(n[key])] if n else []) + [f(b[key]), f(a[key])]
+            lines.append(f"| {split.replace('_', '-')} | {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -130,13 +153,20 @@ def checks(result: dict[str, Any]) -> list[str]:
     b, a = result["before"]["in_domain"], result["after"]["in_domain"]
     if result["experiment"] == "resolution":
         n = result["native"]["in_domain"]
-        for key in ("shape_acc", "colour_acc"):
+        for key in ("shape_acc", "colour_acc", "miniworld-clip"):
             drop = n[key] - b[key]
             gain = a[key] - b[key]
             frac = gain / drop if drop > 0 else float("nan")
-            out.append(f"- {key}: native {_pct(n[key])}, at {result['resolution']} px {_pct(b[key])} before RAFT "
-                       f"(drop {100 * drop:.1f} points), {_pct(a[key])} after: recovered {100 * frac:.0f}% of the drop "
+            fmt = _pct if key.endswith("_acc") else (lambda v: f"{v:.2f}")
+            unit = " points" if key.endswith("_acc") else ""
+            scale = 100 if key.endswith("_acc") else 1
+            out.append(f"- {key}: native {fmt(n[key])}, at {result['resolution']} px {fmt(b[key])} before RAFT "
+                       f"(drop {scale * drop:.1f}{unit}), {fmt(a[key])} after: recovered {100 * frac:.0f}% of the drop "
                        f"(target >= 50%)")
+        if "vae_ceiling" in result:
+            c = result["vae_ceiling"]
+            out.append(f"- ceiling: held-out renders resized to {result['resolution']} px and passed through the VAE are named "
+                       f"right for shape {_pct(c['shape_acc'])}, colour {_pct(c['colour_acc'])} (no UNet can do better)")
         ob, oa = result["before"]["out_of_domain"], result["after"]["out_of_domain"]
         out.append(f"- out-of-domain: shape {_pct(ob['shape_acc'])} -> {_pct(oa['shape_acc'])}, "
                    f"colour {_pct(ob['colour_acc'])} -> {_pct(oa['colour_acc'])}")
