@@ -1,6 +1,6 @@
 """The paper's two diffusion experiments at miniworld scale; writes benchmarks/results/miniworld_*.{md,csv}.
 
-    python benchmarks/miniworld_experiments.py --experiment resolution|aesthetic|both [--per-prompt 8]
+    python benchmarks/miniworld_experiments.py --experiment resolution|aesthetic|both [--per-prompt 8 (default)]
         [--out runs/experiments] [--results benchmarks/results] [--section.key value ...]
 
 Each experiment evaluates the base model (in-domain and out-of-domain prompts, fixed seeds),
@@ -27,7 +27,7 @@ def main() -> None:
     rest, over = split_overrides(sys.argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", choices=["resolution", "aesthetic", "both"], default="both")
-    ap.add_argument("--per-prompt", type=int, default=4, help="evaluation images per prompt")
+    ap.add_argument("--per-prompt", type=int, default=8, help="evaluation images per prompt")
     ap.add_argument("--out", default="runs/experiments", help="run folders")
     ap.add_argument("--results", default=str(Path(__file__).parent / "results"), help="where the tables go")
     args = ap.parse_args(rest)
