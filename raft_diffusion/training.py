@@ -1,7 +1,9 @@
-"""Pieces both backends' trainers share: the optimizer, the LR-schedule length, cached test models."""
+"""Pieces both backends' trainers share: the optimizer, the LR-schedule length, the sharded
+gradient exchange, cached test models."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -10,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from raft_diffusion.errors import ConfigError
+from raft_diffusion.errors import ConfigError, RunError
 
 
 def resolve_device(device: str) -> torch.device:
@@ -67,3 +69,21 @@ def cached_folder(name: str, marker: str, build: Callable[[Path], Any], cache_di
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
     return path
+
+
+def exchange_gradients(dist: Any, params: list[torch.nn.Parameter], flag: Any, sums: list[float], sizes: list[int],
+                       step: int) -> list[float]:
+    """One optimizer step's exchange in sharded training: sum the LoRA gradients, the micro-batches'
+    loss sums and the failure flag over every process; raise everywhere if any process failed or
+    a loss is not finite. Returns each micro-batch's mean loss (``sums[i] / sizes[i]`` over all
+    processes). ``dist``: a :class:`~raft_diffusion.core.distributed.Distributed`; ``flag``: its
+    :class:`~raft_diffusion.core.distributed.FailureFlag`."""
+    reduced = dist.all_reduce_grads_(params, "sum", [*sums, flag.value])
+    flag.check(reduced[-1], f"training step {step + 1}")
+    losses = []
+    for total, size in zip(reduced[:-1], sizes):
+        loss = total / size
+        if not math.isfinite(loss):
+            raise RunError(f"training loss is {loss} at step {step + 1}; lower train.learning_rate or check the data")
+        losses.append(loss)
+    return losses

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from raft_diffusion.core import distributed, faults
 from raft_diffusion.core.distributed import FailureFlag, TrainShard
 from raft_diffusion.diffusion.lora import lora_parameters
-from raft_diffusion.training import make_optimizer
+from raft_diffusion.training import exchange_gradients, make_optimizer
 from raft_diffusion.errors import ConfigError, RunError
 
 log = logging.getLogger(__name__)
@@ -227,13 +227,7 @@ class LoraTrainer:
                             total = loss_sum.item()
                     sums.append(total)
                     sizes.append(bsz)
-                reduced = dist.all_reduce_grads_(self.params, "sum", [*sums, flag.value])
-                flag.check(reduced[-1], f"training step {self.step + 1}")
-                for total, bsz in zip(reduced[:-1], sizes):
-                    loss = total / bsz
-                    if not math.isfinite(loss):
-                        raise RunError(f"training loss is {loss} at step {self.step + 1}; lower train.learning_rate or check the data")
-                    losses.append(loss)
+                losses += exchange_gradients(dist, self.params, flag, sums, sizes, self.step)
                 with flag.capture():  # reported at the next exchange
                     self._optimizer_step()
             flag.final_check(f"after training step {self.step}")

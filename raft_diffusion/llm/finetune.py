@@ -32,7 +32,7 @@ from raft_diffusion.core import distributed, faults
 from raft_diffusion.core.distributed import FailureFlag, TrainShard
 from raft_diffusion.errors import ConfigError, RunError
 from raft_diffusion.llm.logprob import response_labels, token_logprobs
-from raft_diffusion.training import make_optimizer
+from raft_diffusion.training import exchange_gradients, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -210,13 +210,7 @@ class SFTTrainer:
                             total = nll.item()
                     sums.append(total)
                     tokens.append(n_tokens)
-                reduced = dist.all_reduce_grads_(self.params, "sum", [*sums, flag.value])
-                flag.check(reduced[-1], f"training step {self.step + 1}")
-                for total, n_tokens in zip(reduced[:-1], tokens):
-                    loss = total / n_tokens
-                    if not math.isfinite(loss):
-                        raise RunError(f"training loss is {loss} at step {self.step + 1}; lower train.learning_rate or check the data")
-                    losses.append(loss)
+                losses += exchange_gradients(dist, self.params, flag, sums, tokens, self.step)
                 with flag.capture():  # reported at the next exchange
                     self._optimizer_step()
             flag.final_check(f"after training step {self.step}")
