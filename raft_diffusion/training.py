@@ -3,6 +3,7 @@ gradient exchange, cached test models."""
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import shutil
@@ -12,6 +13,7 @@ from typing import Any, Callable
 
 import torch
 
+from raft_diffusion.core import faults
 from raft_diffusion.errors import ConfigError, RunError
 
 
@@ -38,6 +40,72 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Op
             raise ConfigError("train.optimizer 'adamw8bit' needs bitsandbytes; pip install bitsandbytes or use 'adamw'") from None
         return bnb.optim.AdamW8bit(params, **kwargs)
     return torch.optim.AdamW(params, **kwargs)
+
+
+class LoraTrainerBase:
+    """What both backends' LoRA trainers share: the optimizer and LR schedule over the trainable
+    parameters (persisting across rounds), the private seeded generator of batch order and noise,
+    the step count, the per-round step budget, the optimizer step and the checkpoint state.
+
+    params: the trainable LoRA parameters. cfg: the run's TrainConfig. total_steps: optimizer
+    steps over the whole run (LR schedule length). get_scheduler: diffusers' or transformers'
+    ``get_scheduler`` (same names and arguments). what: the model, named in the error when
+    ``params`` is empty.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], cfg: Any, total_steps: int, seed: int,
+                 get_scheduler: Callable[..., Any], what: str) -> None:
+        if not params:
+            raise ConfigError(f"the {what} has no trainable LoRA parameters; check lora.target_modules")
+        self.cfg = cfg
+        self.params = params
+        self.optimizer = make_optimizer(params, cfg)
+        self.lr_scheduler = get_scheduler(
+            cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=max(1, total_steps),
+        )
+        self.generator = torch.Generator("cpu").manual_seed(seed)
+        self.step = 0
+
+    def steps_for(self, n: int) -> int:
+        """Optimizer steps in a round with ``n`` kept samples."""
+        c = self.cfg
+        if c.steps_per_round is not None:
+            return c.steps_per_round
+        return math.ceil(n / (c.batch_size * c.gradient_accumulation_steps)) * c.epochs_per_round
+
+    def _optimizer_step(self) -> None:
+        """Clip, step the optimizer and the LR schedule, count the step."""
+        if self.cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.step += 1
+        faults.point("train")
+
+    def _stats(self, losses: list[float], steps: int) -> dict[str, float]:
+        """The round's training figures: mean micro-batch loss, last LR, steps this round and in all."""
+        return {
+            "loss": sum(losses) / len(losses) if losses else float("nan"),
+            "lr": self.lr_scheduler.get_last_lr()[0],
+            "steps": steps,
+            "global_step": self.step,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimizer, schedule, generator and step. The optimizer tensors are the live ones: serialize
+        the state (as checkpoints do) before training further."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))  # never share tensors with the source
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.generator.set_state(state["generator"])
+        self.step = int(state["step"])
 
 
 def expected_kept_per_round(cfg: Any) -> int:

@@ -29,8 +29,7 @@ from torch import nn
 
 from raft_diffusion.errors import ScorerError
 from scorers.aesthetic_head import AestheticLinear, AestheticMLP
-from scorers.backbones import ClipBackbone, backbone_from_spec, shared_backbone
-from scorers.common import BaseScorer
+from scorers.backbones import BackboneScorer, ClipBackbone, backbone_from_spec, shared_backbone
 from scorers.weights import load_state_dict, resolve_file
 
 V2_HUB_ID = "trl-lib/ddpo-aesthetic-predictor"
@@ -116,11 +115,10 @@ def load_head(source: str | os.PathLike[str] | None, filename: str | None = None
     return head.eval().requires_grad_(False)
 
 
-class AestheticScorer(BaseScorer):
+class AestheticScorer(BackboneScorer):
     """reward = head(normalize(backbone.encode_images(images))). Image scorer; ignores prompts."""
 
     kind = "image"
-    supports_offload = True
 
     def __init__(self, backbone: ClipBackbone, head: nn.Module, *, name: str = "aesthetic",
                  batch_size: int = 32, normalize: bool = True) -> None:
@@ -128,15 +126,6 @@ class AestheticScorer(BaseScorer):
         self.backbone = backbone
         self.head = head
         self.normalize = normalize
-
-    @property
-    def device(self) -> torch.device:
-        return self.backbone.device
-
-    @property
-    def home_device(self) -> torch.device:
-        """The device the backbone was built for (``device`` is where it is now)."""
-        return self.backbone.home_device
 
     def to(self, device: str | torch.device) -> "AestheticScorer":
         """Move the backbone and the head to ``device``; returns self."""

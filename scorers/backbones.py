@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from raft_diffusion.errors import ScorerError
-from scorers.common import resolve_device, resolve_dtype
+from scorers.common import BaseScorer, resolve_device, resolve_dtype
 from scorers.weights import from_pretrained, is_hub_id
 
 _INTERP = {0: "nearest", 1: "bicubic", 2: "bilinear", 3: "bicubic", 4: "nearest", 5: "bicubic"}
@@ -184,6 +184,24 @@ class ClipBackbone:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe()}, device={self.device}, dtype={self.dtype})"
+
+
+class BackboneScorer(BaseScorer):
+    """A scorer that runs on a :class:`ClipBackbone` (``self.backbone``): it lives where the
+    backbone lives, and ``model.offload`` may park it on the CPU between calls (subclasses move
+    their own extra tensors in ``to``)."""
+
+    supports_offload = True
+    backbone: ClipBackbone
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    @property
+    def home_device(self) -> torch.device:
+        """The device the backbone was built for (``device`` is where it is now)."""
+        return self.backbone.home_device
 
 
 class OpenClipBackbone(ClipBackbone):

@@ -15,17 +15,15 @@ from typing import Any
 
 import torch
 
-from scorers.backbones import ClipBackbone, backbone_from_spec, shared_backbone
-from scorers.common import BaseScorer
+from scorers.backbones import BackboneScorer, ClipBackbone, backbone_from_spec, shared_backbone
 
 
-class ClipSimilarityScorer(BaseScorer):
+class ClipSimilarityScorer(BackboneScorer):
     """reward = scale * cos(image, prompt), then ``max(., floor)`` when ``floor`` is not None.
 
     ``scale``: a number, or ``"logit_scale"`` for the model's learned temperature ``logit_scale.exp()``."""
 
     kind = "image"
-    supports_offload = True
 
     def __init__(self, backbone: ClipBackbone, *, name: str = "clip-score", scale: float | str = 100.0,
                  floor: float | None = 0.0, batch_size: int = 32, cache_size: int = 4096) -> None:
@@ -36,15 +34,6 @@ class ClipSimilarityScorer(BaseScorer):
         self.cache_size = int(cache_size)
         self._text_cache: dict[str, torch.Tensor] = {}
         self._scale_value: float | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return self.backbone.device
-
-    @property
-    def home_device(self) -> torch.device:
-        """The device the backbone was built for (``device`` is where it is now)."""
-        return self.backbone.home_device
 
     def to(self, device: str | torch.device) -> "ClipSimilarityScorer":
         """Move the backbone and the cached text embeddings to ``device``; returns self."""

@@ -20,23 +20,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from raft_diffusion.core import distributed, faults
+from raft_diffusion.core import distributed
 from raft_diffusion.core.distributed import FailureFlag, TrainShard
 from raft_diffusion.diffusion.lora import lora_parameters
-from raft_diffusion.training import exchange_gradients, make_optimizer
+from raft_diffusion.training import LoraTrainerBase, exchange_gradients
 from raft_diffusion.errors import ConfigError, RunError
 
 log = logging.getLogger(__name__)
 
 
-class LoraTrainer:
+class LoraTrainer(LoraTrainerBase):
     """Trains the UNet's LoRA on (latents, prompt embeddings) pairs.
 
     unet: a UNet2DConditionModel with a LoRA adapter. noise_scheduler: a DDPMScheduler built
@@ -48,22 +47,13 @@ class LoraTrainer:
                  uncond: torch.Tensor | None = None) -> None:
         from diffusers.optimization import get_scheduler
 
+        super().__init__(lora_parameters(unet), cfg, total_steps, seed, get_scheduler, "UNet")
         self.unet = unet
         self.noise_scheduler = noise_scheduler
-        self.cfg = cfg
-        self.params = lora_parameters(unet)
-        if not self.params:
-            raise ConfigError("the UNet has no trainable LoRA parameters; check lora.target_modules")
-        self.optimizer = make_optimizer(self.params, cfg)
-        self.lr_scheduler = get_scheduler(
-            cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=max(1, total_steps),
-        )
-        self.generator = torch.Generator("cpu").manual_seed(seed)
         #: (1, L, D) embedding of the empty prompt, for train.caption_dropout
         self.uncond = uncond
         if getattr(cfg, "caption_dropout", 0.0) and uncond is None:
             raise ConfigError("train.caption_dropout needs the empty prompt's embedding (pass uncond=)")
-        self.step = 0
         # diffusers' ModelMixin.dtype/.device walk every module: read them once
         self.dtype = unet.dtype
         self.device = unet.device
@@ -90,31 +80,10 @@ class LoraTrainer:
 
     def loss(self, latents: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         """Noise-prediction MSE of one micro-batch. latents (B, C, h, w), embeds (B, L, D)."""
-        sched = self.noise_scheduler
-        device = self.device
-        noise = torch.randn(latents.shape, generator=self.generator).to(device)
-        t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=self.generator).to(device)
+        noise = torch.randn(latents.shape, generator=self.generator)
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=self.generator)
         embeds = self._drop_captions(embeds, latents.shape[0])
-        x0 = latents.to(device)
-        noisy = sched.add_noise(x0, noise, t)
-        kind = sched.config.prediction_type
-        if kind == "epsilon":
-            target = noise
-        elif kind == "v_prediction":
-            target = sched.get_velocity(x0, noise, t)
-        else:
-            raise ConfigError(f"scheduler prediction_type {kind!r} is not supported; use epsilon or v_prediction")
-        with self._autocast():
-            pred = self.unet(noisy.to(self.dtype), t, encoder_hidden_states=embeds.to(device, self.dtype), return_dict=False)[0]
-        return F.mse_loss(pred.float(), target.float())
-
-    def steps_for(self, n: int) -> int:
-        """Optimizer steps in a round with ``n`` kept samples."""
-        c = self.cfg
-        if c.steps_per_round is not None:
-            return c.steps_per_round
-        per_epoch = math.ceil(n / (c.batch_size * c.gradient_accumulation_steps))
-        return per_epoch * c.epochs_per_round
+        return F.mse_loss(*self._prediction(latents, embeds, noise, t))
 
     def train(
         self, latents: torch.Tensor, embeds: torch.Tensor, progress: bool = True, shard: TrainShard | None = None,
@@ -148,25 +117,15 @@ class LoraTrainer:
         self.unet.eval()
         return self._stats(losses, steps)
 
-    def _optimizer_step(self) -> None:
-        """Clip, step the optimizer and the LR schedule, count the step."""
-        if self.cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.lr_scheduler.step()
-        self.step += 1
-        faults.point("train")
-
-    def _stats(self, losses: list[float], steps: int) -> dict[str, float]:
-        return {
-            "loss": sum(losses) / len(losses) if losses else float("nan"),
-            "lr": self.lr_scheduler.get_last_lr()[0],
-            "steps": steps,
-            "global_step": self.step,
-        }
-
     def per_row_loss(self, x0: torch.Tensor, embeds: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Noise-prediction MSE of each row (B,), given the noise and timesteps."""
+        pred, target = self._prediction(x0, embeds, noise, t)
+        return (pred - target).pow(2).flatten(1).mean(dim=1)
+
+    def _prediction(self, x0: torch.Tensor, embeds: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(UNet output, its regression target), both float32 (B, C, h, w): noise x0 to step t and
+        predict; the target is the noise (epsilon) or the velocity, as the scheduler config says."""
         sched = self.noise_scheduler
         device = self.device
         noise, t, x0 = noise.to(device), t.to(device), x0.to(device)
@@ -180,7 +139,7 @@ class LoraTrainer:
             raise ConfigError(f"scheduler prediction_type {kind!r} is not supported; use epsilon or v_prediction")
         with self._autocast():
             pred = self.unet(noisy.to(self.dtype), t, encoder_hidden_states=embeds.to(device, self.dtype), return_dict=False)[0]
-        return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+        return pred.float(), target.float()
 
     def _train_sharded(self, latents: torch.Tensor, embeds: torch.Tensor, shard: TrainShard, progress: bool) -> dict[str, float]:
         """:meth:`train` on this process's share; every process runs the same exchanges in the same order."""
@@ -234,17 +193,3 @@ class LoraTrainer:
         finally:
             self.unet.eval()
         return self._stats(losses, steps)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict(),
-            "generator": self.generator.get_state(),
-            "step": self.step,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.generator.set_state(state["generator"])
-        self.step = int(state["step"])

@@ -19,20 +19,18 @@ last step (:class:`~raft_diffusion.core.distributed.FailureFlag`), so every proc
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
-import math
 import warnings
 from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from raft_diffusion.core import distributed, faults
+from raft_diffusion.core import distributed
 from raft_diffusion.core.distributed import FailureFlag, TrainShard
-from raft_diffusion.errors import ConfigError, RunError
+from raft_diffusion.errors import RunError
 from raft_diffusion.llm.logprob import response_labels, token_logprobs
-from raft_diffusion.training import exchange_gradients, make_optimizer
+from raft_diffusion.training import LoraTrainerBase, exchange_gradients
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +71,7 @@ def sft_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     return total / count.clamp(min=1)
 
 
-class SFTTrainer:
+class SFTTrainer(LoraTrainerBase):
     """Trains the LoRA of a peft causal LM on (prompt ids, response ids) pairs.
 
     cfg: the run's TrainConfig. total_steps: optimizer steps over the whole run (LR schedule length).
@@ -82,16 +80,8 @@ class SFTTrainer:
     def __init__(self, model: Any, cfg: Any, total_steps: int, seed: int, pad_id: int) -> None:
         from transformers import get_scheduler
 
-        self.model, self.cfg, self.pad_id = model, cfg, pad_id
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
-            raise ConfigError("the model has no trainable LoRA parameters; check lora.target_modules")
-        self.optimizer = make_optimizer(self.params, cfg)
-        self.lr_scheduler = get_scheduler(
-            cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=max(1, total_steps),
-        )
-        self.generator = torch.Generator("cpu").manual_seed(seed)
-        self.step = 0
+        super().__init__([p for p in model.parameters() if p.requires_grad], cfg, total_steps, seed, get_scheduler, "model")
+        self.model, self.pad_id = model, pad_id
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
@@ -102,13 +92,6 @@ class SFTTrainer:
         if base == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(p.device.type, dtype=base)
-
-    def steps_for(self, n: int) -> int:
-        """Optimizer steps in a round with ``n`` kept samples."""
-        c = self.cfg
-        if c.steps_per_round is not None:
-            return c.steps_per_round
-        return math.ceil(n / (c.batch_size * c.gradient_accumulation_steps)) * c.epochs_per_round
 
     def train(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], progress: bool = True,
               shard: TrainShard | None = None, label_counts: Sequence[int] | None = None) -> dict[str, float]:
@@ -149,23 +132,6 @@ class SFTTrainer:
         finally:
             self.model.eval()
         return self._stats(losses, steps)
-
-    def _optimizer_step(self) -> None:
-        """Clip, step the optimizer and the LR schedule, count the step."""
-        if self.cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
-        self.optimizer.step()
-        self.lr_scheduler.step()
-        self.step += 1
-        faults.point("train")
-
-    def _stats(self, losses: list[float], steps: int) -> dict[str, float]:
-        return {
-            "loss": sum(losses) / len(losses) if losses else float("nan"),
-            "lr": self.lr_scheduler.get_last_lr()[0],
-            "steps": steps,
-            "global_step": self.step,
-        }
 
     def _train_sharded(self, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], shard: TrainShard,
                        label_counts: list[int], progress: bool) -> dict[str, float]:
@@ -217,19 +183,3 @@ class SFTTrainer:
         finally:
             self.model.eval()
         return self._stats(losses, steps)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Optimizer, schedule, generator and step. The optimizer tensors are the live ones: serialize
-        the state (as checkpoints do) before training further."""
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict(),
-            "generator": self.generator.get_state(),
-            "step": self.step,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))  # never share tensors with the source
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.generator.set_state(state["generator"])
-        self.step = int(state["step"])

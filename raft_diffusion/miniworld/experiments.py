@@ -37,7 +37,7 @@ def evaluate(backend: Any, prompts: Sequence[str], per_prompt: int, scorers_: di
     """
     from prompts.types import Prompt
     from raft_diffusion.core.rng import sample_seed
-    from raft_diffusion.miniworld.fidelity import FidelityScorer
+    from raft_diffusion.miniworld.fidelity import shared_scorer
     from raft_diffusion.report import diversity
 
     old = backend.height, backend.width
@@ -56,7 +56,7 @@ def evaluate(backend: Any, prompts: Sequence[str], per_prompt: int, scorers_: di
         out[name] = float(r.mean())
         out[f"{name}_first"] = float(r[firsts].mean())
         out[f"{name}_std"] = float(r.std()) if n > 1 else 0.0
-    shape_ok, colour_ok = FidelityScorer().correctness(images, texts)
+    shape_ok, colour_ok = shared_scorer().correctness(images, texts)
     out["shape_acc"] = float(shape_ok.mean())
     out["colour_acc"] = float(colour_ok.mean())
     div = diversity(images, samples.groups)
@@ -71,13 +71,13 @@ def vae_ceiling(vae: Any, resolution: int, n: int = 300) -> dict[str, float]:
     import torch.nn.functional as F
 
     from raft_diffusion.miniworld import world
-    from raft_diffusion.miniworld.fidelity import FidelityScorer
+    from raft_diffusion.miniworld.fidelity import shared_scorer
 
     scenes = world.heldout_scenes(n)
     x = F.interpolate(world.render_batch(scenes), size=(resolution, resolution), mode="area")
     z = vae.encode((x * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mean
     y = (vae.decode(z).sample.float().cpu() / 2 + 0.5).clamp(0, 1)
-    shape_ok, colour_ok = FidelityScorer().correctness(y, [f"a {s.objects[0].colour} {s.objects[0].shape}" for s in scenes])
+    shape_ok, colour_ok = shared_scorer().correctness(y, [f"a {s.objects[0].colour} {s.objects[0].shape}" for s in scenes])
     return {"shape_acc": float(shape_ok.mean()), "colour_acc": float(colour_ok.mean())}
 
 

@@ -7,6 +7,7 @@ prompt text. Zero-shot over every colour/shape pair (out-of-domain ones included
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,7 +56,11 @@ class FidelityScorer:
         return (shape_ok + colour_ok) / 2
 
 
-_FILTER_SCORER: FidelityScorer | None = None
+@functools.lru_cache(maxsize=1)
+def shared_scorer() -> FidelityScorer:
+    """One :class:`FidelityScorer` on the committed miniworld CLIP for the whole process (the
+    ranking filter and the experiments' evaluations), so the CLIP is loaded once."""
+    return FidelityScorer()
 
 
 def faithful(samples: Any, rewards: Sequence[float]) -> list[bool]:
@@ -64,8 +69,5 @@ def faithful(samples: Any, rewards: Sequence[float]) -> list[bool]:
 
     The paper's reward-hacking fix: the reward ranks only samples that still follow their prompt.
     """
-    global _FILTER_SCORER
-    if _FILTER_SCORER is None:
-        _FILTER_SCORER = FidelityScorer()
-    shape_ok, colour_ok = _FILTER_SCORER.correctness(samples.outputs, samples.texts)
+    shape_ok, colour_ok = shared_scorer().correctness(samples.outputs, samples.texts)
     return [bool(s and c) for s, c in zip(shape_ok.tolist(), colour_ok.tolist())]
