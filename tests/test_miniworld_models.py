@@ -62,9 +62,14 @@ def test_build_quick_cli(tmp_path):
     out = tmp_path / "mw"
     assert main(["miniworld", "build", "--quick", "--out", str(out), "--seed", "1"]) == 0
     figs = json.loads((out / "figures.json").read_text())
-    assert set(figs["train"]) == {"clip", "clip_vision", "vae", "unet", "aesthetic"}
+    assert set(figs["train"]) == {"clip", "clip_vision_stage2", "vae", "vae_decoder", "unet_stage1", "unet_stage2",
+                                  "aesthetic"}
+    assert set(figs["train"]["vae_decoder"]["psnr_db"]) == {"32", "16"}
     assert "generation" in figs["figures"] and (out / "FIGURES.md").is_file()
     assert (out / "pipeline" / "model_index.json").is_file() and (out / "aesthetic" / "head.safetensors").is_file()
+    # the last UNet stage added the pooled-text embedding to the first stage's cross-attention UNet
+    unet_cfg = json.loads((out / "pipeline" / "unet" / "config.json").read_text())
+    assert unet_cfg["addition_embed_type"] == "text"
     assert main(["miniworld", "evaluate", "--assets", str(out)]) == 0
 
 
@@ -100,3 +105,41 @@ def test_faithful_filter_keeps_images_that_follow_their_prompt():
     assert keep == [bool(s and c) for s, c in zip(shape_ok.tolist(), colour_ok.tolist())]
     assert sum(keep[:12]) >= 10, "renders named right should mostly pass"
     assert not any(keep[12:]), "an image of another colour than prompted must be discarded"
+
+
+def test_unet_stage_continues_from_previous(tmp_path):
+    """init_from carries every tensor the two UNets share; the added embedding starts fresh."""
+    from diffusers import UNet2DConditionModel
+
+    from raft_diffusion.miniworld.train_clip import train_clip
+    from raft_diffusion.miniworld.train_unet import train_unet
+    from raft_diffusion.miniworld.train_vae import train_vae
+
+    train_clip(tmp_path, steps=1, quick=True)
+    train_vae(tmp_path, steps=1, quick=True)
+    train_unet(tmp_path, steps=1, n_data=8, quick=True, checkpoint_every=0, addition_embed=False)
+    first = UNet2DConditionModel.from_pretrained(tmp_path / "pipeline" / "unet").state_dict()
+    train_unet(tmp_path, steps=0, n_data=8, quick=True, checkpoint_every=0, init_from=tmp_path / "pipeline")
+    second = UNet2DConditionModel.from_pretrained(tmp_path / "pipeline" / "unet").state_dict()
+    assert set(first) < set(second) and any(k.startswith("add_embedding") for k in set(second) - set(first))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_decoder_finetune_keeps_the_latent_space(tmp_path):
+    """Only the decoder moves: the encoder's latents (what the UNet was trained on) stay the same."""
+    from diffusers import AutoencoderKL
+
+    from raft_diffusion.miniworld import world
+    from raft_diffusion.miniworld.train_vae import finetune_decoder, train_vae
+
+    train_vae(tmp_path / "a", steps=2, quick=True)
+    before = AutoencoderKL.from_pretrained(tmp_path / "a" / "vae")
+    r = finetune_decoder(tmp_path / "a" / "vae", tmp_path / "b", steps=3, batch_size=4, lr=1e-2)
+    after = AutoencoderKL.from_pretrained(tmp_path / "b" / "vae")
+    assert r["steps"] == 3 and set(r["psnr_db"]) == {world.NATIVE_RESOLUTION, miniworld.ADAPTATION_RESOLUTION}
+    x = world.render_batch(world.heldout_scenes(2)) * 2 - 1
+    with torch.no_grad():
+        z0, z1 = before.encode(x).latent_dist.mean, after.encode(x).latent_dist.mean
+        d0, d1 = before.decode(z0).sample, after.decode(z0).sample
+    assert torch.equal(z0, z1) and after.config.scaling_factor == before.config.scaling_factor
+    assert not torch.allclose(d0, d1)

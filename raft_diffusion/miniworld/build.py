@@ -18,25 +18,51 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class UnetStage:
+    """One UNet training stage; each stage after the first continues from the one before."""
+
+    steps: int
+    seconds: float | None = None
+    lr: float = 1e-3
+    seed: int = 0
+    n_data: int = 40000
+    addition_embed: bool = True
+    ema_decay: float = 0.999
+
+
+@dataclass
 class BuildSettings:
-    """Steps and wall-time budgets of each model (``*_seconds`` None = run all steps)."""
+    """Steps and wall-time budgets of each model (``*_seconds`` None = run all steps).
+
+    The defaults are the staged recipe that made the committed assets (``assets/FIGURES.md``): the
+    CLIP, then its image tower fine-tuned once per ``clip_vision_pair_weights`` entry against the
+    frozen text tower, the VAE and its decoder at every served size, three UNet stages (the first
+    without the pooled-text addition embedding, which the tiny model needed cross-attention to learn
+    first), the aesthetic head. Stage seeds are offsets of the build's ``seed``.
+    """
 
     clip_steps: int = 1600
     clip_seconds: float | None = None
-    clip_vision_steps: int = 4000
-    clip_vision_seconds: float | None = 2000.0
+    clip_vision_steps: int = 5000
+    clip_vision_seconds: tuple[float | None, ...] = (1000.0, 960.0, 660.0)
+    clip_vision_pair_weights: tuple[float, ...] = (1.0, 3.0, 3.0)
     vae_steps: int = 2500
     vae_seconds: float | None = None
-    unet_steps: int = 20000
-    unet_seconds: float | None = 3600.0
-    unet_data: int = 40000
+    vae_decoder_steps: int = 3000
+    unet_stages: tuple[UnetStage, ...] = (
+        UnetStage(steps=4000, lr=1e-3, addition_embed=False),
+        UnetStage(steps=3100, lr=7e-4, seed=1, n_data=20000),
+        UnetStage(steps=4000, lr=3e-4, seed=1, n_data=20000),
+    )
     aesthetic_train: int = 12000
     aesthetic_steps: int = 3000
 
     @classmethod
     def quick(cls) -> "BuildSettings":
-        return cls(clip_steps=3, clip_vision_steps=2, clip_vision_seconds=None, vae_steps=3, unet_steps=3,
-                   unet_seconds=None, unet_data=64, aesthetic_train=64, aesthetic_steps=5)
+        return cls(clip_steps=3, clip_vision_steps=2, clip_vision_seconds=(None,), clip_vision_pair_weights=(3.0,),
+                   vae_steps=3, vae_decoder_steps=2,
+                   unet_stages=(UnetStage(steps=2, n_data=64, addition_embed=False), UnetStage(steps=2, n_data=64, seed=1)),
+                   aesthetic_train=64, aesthetic_steps=5)
 
 
 def build(out: str | Path, *, seed: int = 0, quick: bool = False, settings: BuildSettings | None = None,
@@ -49,7 +75,7 @@ def build(out: str | Path, *, seed: int = 0, quick: bool = False, settings: Buil
     from raft_diffusion.miniworld.train_aesthetic import train_aesthetic
     from raft_diffusion.miniworld.train_clip import finetune_vision, train_clip
     from raft_diffusion.miniworld.train_unet import train_unet
-    from raft_diffusion.miniworld.train_vae import train_vae
+    from raft_diffusion.miniworld.train_vae import finetune_decoder, train_vae
 
     if seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {seed}")
@@ -59,11 +85,16 @@ def build(out: str | Path, *, seed: int = 0, quick: bool = False, settings: Buil
     t0 = time.time()
     runs = {}
     runs["clip"] = train_clip(out, seed=seed, steps=s.clip_steps, quick=quick, max_seconds=s.clip_seconds)
-    runs["clip_vision"] = finetune_vision(out, seed=seed, steps=s.clip_vision_steps, max_seconds=s.clip_vision_seconds,
-                                          pair_weight=3.0)
+    for i, (weight, seconds) in enumerate(zip(s.clip_vision_pair_weights, s.clip_vision_seconds), start=2):
+        runs[f"clip_vision_stage{i}"] = finetune_vision(out, seed=seed + i, steps=s.clip_vision_steps,
+                                                        max_seconds=seconds, pair_weight=weight)
     runs["vae"] = train_vae(out, seed=seed, steps=s.vae_steps, quick=quick, max_seconds=s.vae_seconds)
-    runs["unet"] = train_unet(out, seed=seed, steps=s.unet_steps, quick=quick, max_seconds=s.unet_seconds,
-                              n_data=s.unet_data, checkpoint_every=0 if quick else 1500)
+    runs["vae_decoder"] = finetune_decoder(out / "vae", out, seed=seed, steps=s.vae_decoder_steps)
+    for i, st in enumerate(s.unet_stages, start=1):
+        runs[f"unet_stage{i}"] = train_unet(
+            out, seed=seed + st.seed, steps=st.steps, lr=st.lr, quick=quick, max_seconds=st.seconds, n_data=st.n_data,
+            checkpoint_every=0 if quick else 1000, ema_decay=st.ema_decay, addition_embed=st.addition_embed,
+            init_from=out / "pipeline" if i > 1 else None)
     runs["aesthetic"] = train_aesthetic(out, seed=seed, n_train=s.aesthetic_train, steps=s.aesthetic_steps, quick=quick)
     for scratch in ("vae", "_tokenizer_src"):  # the VAE lives on inside pipeline/
         shutil.rmtree(out / scratch, ignore_errors=True)

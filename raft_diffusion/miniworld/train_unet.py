@@ -28,7 +28,7 @@ BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", 
 CAPTION_DROPOUT = 0.1
 
 
-def make_unet(cross_attention_dim: int, quick: bool = False):
+def make_unet(cross_attention_dim: int, quick: bool = False, addition_embed: bool = True):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
@@ -45,7 +45,7 @@ def make_unet(cross_attention_dim: int, quick: bool = False):
         # a pooled-text embedding added to the time embedding (diffusers' "text" addition embedding,
         # computed inside the UNet from encoder_hidden_states, so StableDiffusionPipeline needs nothing
         # extra): a global conditioning path that the tiny model picks up much faster than cross-attention
-        addition_embed_type="text",
+        addition_embed_type="text" if addition_embed else None,
         addition_embed_type_num_heads=4,
     )
 
@@ -104,9 +104,12 @@ def save_pipeline(unet, vae, text_encoder, tokenizer, out_dir: Path) -> None:
 
 def train_unet(out: str | Path, *, seed: int = 0, steps: int = 20000, batch_size: int = 64, lr: float = 1e-3,
                n_data: int = 40000, quick: bool = False, max_seconds: float | None = None,
-               checkpoint_every: int = 1500, ema_decay: float = 0.999, init_from: str | Path | None = None) -> dict:
+               checkpoint_every: int = 1500, ema_decay: float = 0.999, init_from: str | Path | None = None,
+               addition_embed: bool = True) -> dict:
     """Train and save ``<out>/pipeline`` (needs ``<out>/clip`` and ``<out>/vae``). ``max_seconds``
-    stops early; a pipeline with the EMA weights is saved every ``checkpoint_every`` steps."""
+    stops early; a pipeline with the EMA weights is saved every ``checkpoint_every`` steps.
+    ``init_from``: a pipeline folder whose UNet weights this one starts from (tensors it lacks, such
+    as a newly added ``addition_embed``, keep their fresh init)."""
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTokenizer
 
@@ -119,7 +122,7 @@ def train_unet(out: str | Path, *, seed: int = 0, steps: int = 20000, batch_size
     sf = vae.config.scaling_factor
     means, stds, scenes = encode_dataset(vae, n_data, seed + 4)
     log.info("unet: encoded %d latents in %.1f s", n_data, time.time() - t0)
-    unet = make_unet(text_encoder.config.hidden_size, quick)
+    unet = make_unet(text_encoder.config.hidden_size, quick, addition_embed)
     if init_from is not None:  # continue from a saved pipeline's UNet (new modules keep their init)
         from diffusers import UNet2DConditionModel
 

@@ -3,6 +3,10 @@ latents) on world renders, set ``scaling_factor`` = 1 / std of its latents (as S
 with ``save_pretrained`` to ``<out>/vae``.
 
 Loss: MSE on images in [-1, 1] plus a KL term of weight 1e-6 (SD's VAE used the same KL weight).
+
+:func:`finetune_decoder` then teaches the decoder the other sizes it must serve (SD's VAE, trained
+on 256 px crops, decodes 512 px and 256 px images alike), with the encoder frozen so the latent
+space the UNet was trained on does not move.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from raft_diffusion.miniworld import common, world
+from raft_diffusion.miniworld import ADAPTATION_RESOLUTION
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +113,54 @@ def train_vae(out: str | Path, *, seed: int = 0, steps: int = 3000, batch_size: 
     wall = time.time() - t0
     log.info("vae: %d steps in %.1f s, latent std %.4f -> scaling_factor %.4f", steps, wall, std, 1 / std)
     return {"steps": steps, "wall_s": round(wall, 1), "scaling_factor": round(1.0 / std, 5), "path": str(vae_dir)}
+
+
+def finetune_decoder(vae_dir: str | Path, out: str | Path, *, seed: int = 0, steps: int = 1500, batch_size: int = 32,
+                     lr: float = 3e-4, sizes: tuple[int, ...] = (world.NATIVE_RESOLUTION, ADAPTATION_RESOLUTION),
+                     max_seconds: float | None = None) -> dict:
+    """Fine-tune the decoder of the VAE in ``vae_dir`` on renders area-resized to each of ``sizes``
+    (one batch per size per step, losses summed), encoder and ``scaling_factor`` frozen; save to
+    ``<out>/vae``. Returns {"steps", "wall_s", "psnr_db": {size: dB}, "path"}."""
+    from diffusers import AutoencoderKL
+
+    t0 = time.time()
+    common.seed_all(seed)
+    vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32)
+    vae.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    progress = common.Progress(steps, max_seconds)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress.fraction(i))))
+    data = world.stream(seed + 5, batch_size)
+    vae.train()
+    ema = None
+    for step in tqdm(range(steps), desc="vae decoder", mininterval=10, disable=steps < 20):
+        if progress.done(step):
+            log.info("vae decoder: time budget reached at step %d", step)
+            steps = step
+            break
+        images, _, _ = next(data)
+        loss = torch.zeros(())
+        for size in sizes:
+            x = F.interpolate(images, size=(size, size), mode="area") * 2 - 1 if size != images.shape[-1] else images * 2 - 1
+            with torch.no_grad():
+                z = vae.encode(x).latent_dist.sample()
+            loss = loss + F.mse_loss(vae.decode(z).sample, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 100 == 0 or step == steps - 1:
+            log.info("vae decoder step %d/%d loss %.5f", step, steps, ema)
+    vae.eval()
+    held = world.render_batch(world.heldout_scenes(300))
+    scores = {size: round(psnr(vae, F.interpolate(held, size=(size, size), mode="area")), 3) for size in sizes}
+    vae_out = Path(out) / "vae"
+    vae.save_pretrained(vae_out)
+    wall = time.time() - t0
+    log.info("vae decoder: %d steps in %.1f s, PSNR %s", steps, wall, scores)
+    return {"steps": steps, "wall_s": round(wall, 1), "psnr_db": scores, "path": str(vae_out)}
