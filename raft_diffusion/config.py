@@ -133,6 +133,9 @@ class TrainConfig:
     caption_dropout: float = _f(0.0, "diffusion: fraction of kept samples trained against the empty (negative) prompt, so "
                                  "the unconditional branch that guidance subtracts learns them too; high guidance "
                                  "otherwise amplifies the LoRA's drift round after round (0.1-0.2 is typical)")
+    kl_weight: float = _f(0.0, "diffusion: weight of ||eps_lora - eps_base||^2 added to the loss on the trained "
+                           "samples, a pull toward the base model's predictions (the per-step KL between the two "
+                           "reverse processes, up to a constant); one more UNet forward per micro-batch; 0 disables")
     mask_prompt: bool = _f(True, "LLM: exclude prompt tokens from the SFT loss")
 
 
@@ -335,6 +338,7 @@ def validate(cfg: RaftConfig) -> None:
     _check(t.lr_scheduler in LR_SCHEDULERS, f"unknown train.lr_scheduler {t.lr_scheduler!r}; choose one of {', '.join(LR_SCHEDULERS)}")
     _check(t.optimizer in ("adamw", "adamw8bit"), f"train.optimizer must be 'adamw' or 'adamw8bit', got {t.optimizer!r}")
     _check(0.0 <= t.caption_dropout < 1.0, f"train.caption_dropout must be in [0, 1), got {t.caption_dropout}")
+    _check(t.kl_weight >= 0.0, f"train.kl_weight must be >= 0 (0 disables), got {t.kl_weight}")
     o = cfg.output
     _check(bool(o.dir.strip()), "output.dir is empty; give a folder for the run")
     _check(o.keep_checkpoints is None or o.keep_checkpoints >= 1, f"output.keep_checkpoints must be >= 1 or null, got {o.keep_checkpoints}")

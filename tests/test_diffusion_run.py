@@ -130,3 +130,38 @@ def test_caption_dropout_trains_a_share_against_the_empty_prompt(tiny_pipeline_d
 
     with pytest.raises(ConfigError, match="caption_dropout"):
         validate(tiny_config(tiny_pipeline_dir, tmp_path / "x", **{"train.caption_dropout": 1.0}))
+
+
+def test_kl_weight_pulls_toward_the_base_model(tiny_pipeline_dir, tmp_path):
+    """The penalty is the squared distance to the adapters-off UNet's output: zero while the LoRA is
+    still the base model, positive once it has moved, and a heavy weight keeps the model nearer."""
+    from raft_diffusion.config import validate
+    from raft_diffusion.errors import ConfigError
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 4, 8, 8, generator=g)
+    noise, t = torch.randn(x0.shape, generator=g), torch.randint(0, 1000, (4,), generator=g)
+
+    def trained(weight, name):
+        loop = build_loop(tiny_config(tiny_pipeline_dir, tmp_path / name, **{
+            "train.kl_weight": weight, "train.steps_per_round": 12, "train.learning_rate": 3e-2}), progress=False)
+        tr = loop.backend.trainer
+        emb = loop.backend.encoder.negative(4)
+        start = tr.per_row_loss(x0, emb, noise, t).detach()
+        tr.train(x0, emb, progress=False)
+        with torch.no_grad():
+            pred, target, base = tr._prediction(x0, emb, noise, t)
+            rows = tr.per_row_loss(x0, emb, noise, t)
+        return start, pred, target, base, rows, tr
+
+    start0, pred0, _, base0, _, _ = trained(0.0, "a")
+    start1, pred1, target, base1, rows, tr = trained(10.0, "b")
+    assert base0 is None and base1 is not None
+    assert all(p.requires_grad for p in tr.params), "adapters are back on and trainable"
+    assert torch.allclose(start0, start1), "a zero LoRA is the base model: no penalty at the start"
+    penalty = (pred1 - base1).pow(2).flatten(1).mean(1)
+    assert bool((penalty > 0).all())
+    assert torch.allclose(rows, (pred1 - target).pow(2).flatten(1).mean(1) + 10.0 * penalty)
+    assert penalty.mean() < (pred0 - base1).pow(2).mean(), "the anchored model stays nearer the base"
+    with pytest.raises(ConfigError, match=r"train.kl_weight must be >= 0"):
+        validate(tiny_config(tiny_pipeline_dir, tmp_path / "x", **{"train.kl_weight": -1.0}))

@@ -3,7 +3,10 @@
 The kept samples' final latents are already VAE-scaled, so no VAE encode is needed: each step
 draws timesteps t ~ U[0, T), noise eps, forms x_t = add_noise(x0, eps, t) and regresses the
 UNet's output on eps (epsilon prediction) or on the velocity (v-prediction), as the scheduler
-config says. Training noise comes from a private seeded generator that is checkpointed.
+config says. With ``train.kl_weight`` > 0 the loss adds that weight times the squared distance
+between the LoRA model's output and the base model's (the same UNet, adapters disabled, no
+gradient) at the same x_t: for two diffusion models the per-step KL of their reverse processes is
+proportional to it, so it pulls the fine-tuned model back toward the base round after round. Training noise comes from a private seeded generator that is checkpointed.
 
 Several processes (``train(..., shard=TrainShard)``): every process draws the same batch order,
 noise and timesteps for the whole global micro-batch from its generator (kept in lock-step),
@@ -52,6 +55,7 @@ class LoraTrainer(LoraTrainerBase):
         self.noise_scheduler = noise_scheduler
         #: (1, L, D) embedding of the empty prompt, for train.caption_dropout
         self.uncond = uncond
+        self.kl_weight = float(getattr(cfg, "kl_weight", 0.0))
         if getattr(cfg, "caption_dropout", 0.0) and uncond is None:
             raise ConfigError("train.caption_dropout needs the empty prompt's embedding (pass uncond=)")
         # diffusers' ModelMixin.dtype/.device walk every module: read them once
@@ -83,7 +87,9 @@ class LoraTrainer(LoraTrainerBase):
         noise = torch.randn(latents.shape, generator=self.generator)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=self.generator)
         embeds = self._drop_captions(embeds, latents.shape[0])
-        return F.mse_loss(*self._prediction(latents, embeds, noise, t))
+        pred, target, base = self._prediction(latents, embeds, noise, t)
+        loss = F.mse_loss(pred, target)
+        return loss if base is None else loss + self.kl_weight * F.mse_loss(pred, base)
 
     def train(
         self, latents: torch.Tensor, embeds: torch.Tensor, progress: bool = True, shard: TrainShard | None = None,
@@ -119,13 +125,15 @@ class LoraTrainer(LoraTrainerBase):
 
     def per_row_loss(self, x0: torch.Tensor, embeds: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Noise-prediction MSE of each row (B,), given the noise and timesteps."""
-        pred, target = self._prediction(x0, embeds, noise, t)
-        return (pred - target).pow(2).flatten(1).mean(dim=1)
+        pred, target, base = self._prediction(x0, embeds, noise, t)
+        loss = (pred - target).pow(2).flatten(1).mean(dim=1)
+        return loss if base is None else loss + self.kl_weight * (pred - base).pow(2).flatten(1).mean(dim=1)
 
     def _prediction(self, x0: torch.Tensor, embeds: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(UNet output, its regression target), both float32 (B, C, h, w): noise x0 to step t and
-        predict; the target is the noise (epsilon) or the velocity, as the scheduler config says."""
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(UNet output, its regression target, the base model's output or None), float32 (B, C, h, w):
+        noise x0 to step t and predict; the target is the noise (epsilon) or the velocity, as the
+        scheduler config says; the base output is computed only when ``train.kl_weight`` > 0."""
         sched = self.noise_scheduler
         device = self.device
         noise, t, x0 = noise.to(device), t.to(device), x0.to(device)
@@ -137,9 +145,18 @@ class LoraTrainer(LoraTrainerBase):
             target = sched.get_velocity(x0, noise, t)
         else:
             raise ConfigError(f"scheduler prediction_type {kind!r} is not supported; use epsilon or v_prediction")
+        noisy, embeds = noisy.to(self.dtype), embeds.to(device, self.dtype)
+        base = None
+        if self.kl_weight:
+            self.unet.disable_adapters()
+            try:
+                with torch.no_grad(), self._autocast():
+                    base = self.unet(noisy, t, encoder_hidden_states=embeds, return_dict=False)[0].float()
+            finally:
+                self.unet.enable_adapters()
         with self._autocast():
-            pred = self.unet(noisy.to(self.dtype), t, encoder_hidden_states=embeds.to(device, self.dtype), return_dict=False)[0]
-        return pred.float(), target.float()
+            pred = self.unet(noisy, t, encoder_hidden_states=embeds, return_dict=False)[0]
+        return pred.float(), target.float(), base
 
     def _train_sharded(self, latents: torch.Tensor, embeds: torch.Tensor, shard: TrainShard, progress: bool) -> dict[str, float]:
         """:meth:`train` on this process's share; every process runs the same exchanges in the same order."""
