@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -17,7 +17,7 @@ from raft_diffusion.miniworld import common, rating, world
 
 log = logging.getLogger(__name__)
 
-from raft_diffusion.miniworld import ADAPTATION_RESOLUTION  # noqa: E402
+from raft_diffusion.miniworld import ADAPTATION_RESOLUTION, clip_path  # noqa: E402
 GUIDANCE_SCALE = 5.0
 INFERENCE_STEPS = 20
 
@@ -93,6 +93,23 @@ def generation_fidelity(assets: str | Path, resolution: int, prompts: Sequence[s
     return {"shape_acc": round(shape, 4), "colour_acc": round(colour, 4), "n": len(images)}
 
 
+@torch.no_grad()
+def vae_ceiling(vae: Any, resolution: int, n: int = 300, zs: "common.ZeroShot | None" = None) -> dict[str, float]:
+    """Shape / colour accuracy of held-out renders resized to ``resolution`` and passed through the
+    VAE (encode, decode): the most prompt fidelity any UNet can reach at that size. Judged by ``zs``
+    (default: the committed miniworld CLIP)."""
+    import torch.nn.functional as F
+
+    scenes = world.heldout_scenes(n)
+    x = F.interpolate(world.render_batch(scenes), size=(resolution, resolution), mode="area")
+    z = vae.encode((x * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mean
+    y = (vae.decode(z).sample.float().cpu() / 2 + 0.5).clamp(0, 1)
+    if zs is None:
+        zs = common.ZeroShot(*load_clip(clip_path()))
+    shape, colour = zs.accuracy(y, [s.objects[0].colour for s in scenes], [s.objects[0].shape for s in scenes])
+    return {"shape_acc": round(shape, 4), "colour_acc": round(colour, 4)}
+
+
 def evaluate_all(assets: str | Path, *, adaptation_resolution: int = ADAPTATION_RESOLUTION, quick: bool = False,
                  per_prompt: int = 8, extra_resolutions: Sequence[int] = ()) -> dict:
     """Every figure of the miniworld, as a JSON-able dict."""
@@ -113,6 +130,8 @@ def evaluate_all(assets: str | Path, *, adaptation_resolution: int = ADAPTATION_
         for res in dict.fromkeys((world.NATIVE_RESOLUTION, adaptation_resolution, *extra_resolutions)):
             gen[f"{split}@{res}"] = generation_fidelity(assets, res, prompts, per_prompt=pp, steps=steps, pipe=pipe, zs=zs)
     figs["generation"] = gen
+    figs["vae_ceiling"] = {str(res): vae_ceiling(pipe.vae, res, n=64 if quick else 300, zs=zs)
+                           for res in dict.fromkeys((world.NATIVE_RESOLUTION, adaptation_resolution))}
     figs["generation_settings"] = {"guidance_scale": GUIDANCE_SCALE, "inference_steps": steps,
                                    "scheduler": type(pipe.scheduler).__name__, "per_prompt": pp,
                                    "native_resolution": world.NATIVE_RESOLUTION,

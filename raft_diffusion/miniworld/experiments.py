@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
 
 log = logging.getLogger(__name__)
@@ -64,23 +63,6 @@ def evaluate(backend: Any, prompts: Sequence[str], per_prompt: int, scorers_: di
     return out
 
 
-@torch.no_grad()
-def vae_ceiling(vae: Any, resolution: int, n: int = 300) -> dict[str, float]:
-    """Shape / colour accuracy of held-out renders resized to ``resolution`` and passed through the
-    VAE (encode, decode): the most prompt fidelity any UNet can reach at that size."""
-    import torch.nn.functional as F
-
-    from raft_diffusion.miniworld import world
-    from raft_diffusion.miniworld.fidelity import shared_scorer
-
-    scenes = world.heldout_scenes(n)
-    x = F.interpolate(world.render_batch(scenes), size=(resolution, resolution), mode="area")
-    z = vae.encode((x * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mean
-    y = (vae.decode(z).sample.float().cpu() / 2 + 0.5).clamp(0, 1)
-    shape_ok, colour_ok = shared_scorer().correctness(y, [f"a {s.objects[0].colour} {s.objects[0].shape}" for s in scenes])
-    return {"shape_acc": float(shape_ok.mean()), "colour_acc": float(colour_ok.mean())}
-
-
 def run_experiment(name: str, out_dir: str | Path, *, overrides: dict[str, Any] | None = None,
                    per_prompt: int = 8, progress: bool = False) -> dict[str, Any]:
     """Run experiment ``name`` ("resolution" or "aesthetic"); returns {"before", "after", "native", "history", ...}."""
@@ -108,6 +90,8 @@ def run_experiment(name: str, out_dir: str | Path, *, overrides: dict[str, Any] 
     if loop.backend.height != NATIVE_RESOLUTION:
         result["native"] = {s: evaluate(loop.backend, p, per_prompt, judges, NATIVE_RESOLUTION, NATIVE_RESOLUTION)
                             for s, p in splits.items()}
+        from raft_diffusion.miniworld.evaluate import vae_ceiling
+
         result["vae_ceiling"] = vae_ceiling(loop.backend.pipe.vae, loop.backend.height)
     history = loop.run()
     result["after"] = {s: evaluate(loop.backend, p, per_prompt, judges) for s, p in splits.items()}
