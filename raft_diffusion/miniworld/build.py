@@ -80,6 +80,9 @@ def build(out: str | Path, *, seed: int = 0, quick: bool = False, settings: Buil
     if seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {seed}")
     s = settings or (BuildSettings.quick() if quick else BuildSettings())
+    if len(s.clip_vision_seconds) != len(s.clip_vision_pair_weights):
+        raise ConfigError(f"clip_vision_seconds has {len(s.clip_vision_seconds)} entries for "
+                          f"{len(s.clip_vision_pair_weights)} clip_vision_pair_weights; give one per stage")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
