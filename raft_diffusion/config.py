@@ -136,6 +136,8 @@ class TrainConfig:
     kl_weight: float = _f(0.0, "diffusion: weight of ||eps_lora - eps_base||^2 added to the loss on the trained "
                            "samples, a pull toward the base model's predictions (the per-step KL between the two "
                            "reverse processes, up to a constant); one more UNet forward per micro-batch; 0 disables")
+    kl_anchor: str = _f("base", "diffusion, with kl_weight: 'base' pulls toward the base model; 'round' toward the model "
+                         "as it was when the round's training began (a trust region per round, so gains compound)")
     mask_prompt: bool = _f(True, "LLM: exclude prompt tokens from the SFT loss")
 
 
@@ -339,6 +341,7 @@ def validate(cfg: RaftConfig) -> None:
     _check(t.optimizer in ("adamw", "adamw8bit"), f"train.optimizer must be 'adamw' or 'adamw8bit', got {t.optimizer!r}")
     _check(0.0 <= t.caption_dropout < 1.0, f"train.caption_dropout must be in [0, 1), got {t.caption_dropout}")
     _check(t.kl_weight >= 0.0, f"train.kl_weight must be >= 0 (0 disables), got {t.kl_weight}")
+    _check(t.kl_anchor in ("base", "round"), f"train.kl_anchor must be 'base' or 'round', got {t.kl_anchor!r}")
     o = cfg.output
     _check(bool(o.dir.strip()), "output.dir is empty; give a folder for the run")
     _check(o.keep_checkpoints is None or o.keep_checkpoints >= 1, f"output.keep_checkpoints must be >= 1 or null, got {o.keep_checkpoints}")

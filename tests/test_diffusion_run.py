@@ -165,3 +165,30 @@ def test_kl_weight_pulls_toward_the_base_model(tiny_pipeline_dir, tmp_path):
     assert penalty.mean() < (pred0 - base1).pow(2).mean(), "the anchored model stays nearer the base"
     with pytest.raises(ConfigError, match=r"train.kl_weight must be >= 0"):
         validate(tiny_config(tiny_pipeline_dir, tmp_path / "x", **{"train.kl_weight": -1.0}))
+
+
+def test_kl_anchor_round_pulls_toward_the_round_start(tiny_pipeline_dir, tmp_path):
+    """kl_anchor 'round': the reference is the LoRA as it was when the round's training began,
+    swapped in for the reference forward only."""
+    loop = build_loop(tiny_config(tiny_pipeline_dir, tmp_path / "r", **{
+        "train.kl_weight": 1.0, "train.kl_anchor": "round", "train.steps_per_round": 6,
+        "train.learning_rate": 3e-2}), progress=False)
+    tr = loop.backend.trainer
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(4, 4, 8, 8, generator=g)
+    emb = loop.backend.encoder.negative(4)
+    noise, t = torch.randn(x0.shape, generator=g), torch.randint(0, 1000, (4,), generator=g)
+    tr.train(x0, emb, progress=False)
+    first = [p.detach().clone() for p in tr.params]
+    tr.train(x0, emb, progress=False)
+    second = [p.detach().clone() for p in tr.params]
+    assert all(torch.equal(a, f) for a, f in zip(tr._anchor, first)), "the anchor is the LoRA at the round's start"
+    assert not all(torch.equal(f, s) for f, s in zip(first, second))
+    with torch.no_grad():
+        with tr._reference():
+            assert all(torch.equal(p, f) for p, f in zip(tr.params, first))
+        assert all(torch.equal(p, s) for p, s in zip(tr.params, second)), "the current weights come back"
+        _, _, reference = tr._prediction(x0, emb, noise, t)
+        tr.kl_anchor = "base"
+        _, _, base = tr._prediction(x0, emb, noise, t)
+    assert not torch.allclose(reference, base), "the round's anchor is not the base model"

@@ -6,7 +6,10 @@ UNet's output on eps (epsilon prediction) or on the velocity (v-prediction), as 
 config says. With ``train.kl_weight`` > 0 the loss adds that weight times the squared distance
 between the LoRA model's output and the base model's (the same UNet, adapters disabled, no
 gradient) at the same x_t: for two diffusion models the per-step KL of their reverse processes is
-proportional to it, so it pulls the fine-tuned model back toward the base round after round. Training noise comes from a private seeded generator that is checkpointed.
+proportional to it, so it pulls the fine-tuned model back toward the base round after round.
+With ``train.kl_anchor: round`` the reference is the LoRA as it was when the round's training
+began (its weights swapped in for the reference forward), so each round may move only so far but
+the rounds add up. Training noise comes from a private seeded generator that is checkpointed.
 
 Several processes (``train(..., shard=TrainShard)``): every process draws the same batch order,
 noise and timesteps for the whole global micro-batch from its generator (kept in lock-step),
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +59,9 @@ class LoraTrainer(LoraTrainerBase):
         #: (1, L, D) embedding of the empty prompt, for train.caption_dropout
         self.uncond = uncond
         self.kl_weight = float(getattr(cfg, "kl_weight", 0.0))
+        self.kl_anchor = getattr(cfg, "kl_anchor", "base")
+        #: LoRA weights at the start of the round's training (kl_anchor "round")
+        self._anchor: list[torch.Tensor] | None = None
         if getattr(cfg, "caption_dropout", 0.0) and uncond is None:
             raise ConfigError("train.caption_dropout needs the empty prompt's embedding (pass uncond=)")
         # diffusers' ModelMixin.dtype/.device walk every module: read them once
@@ -98,6 +104,8 @@ class LoraTrainer(LoraTrainerBase):
 
         With ``shard``, ``latents``/``embeds`` are this process's kept samples only (see the module doc).
         """
+        if self.kl_weight and self.kl_anchor == "round":
+            self._anchor = [p.detach().clone() for p in self.params]
         if shard is not None:
             return self._train_sharded(latents, embeds, shard, progress)
         c = self.cfg
@@ -148,15 +156,31 @@ class LoraTrainer(LoraTrainerBase):
         noisy, embeds = noisy.to(self.dtype), embeds.to(device, self.dtype)
         base = None
         if self.kl_weight:
-            self.unet.disable_adapters()
-            try:
-                with torch.no_grad(), self._autocast():
-                    base = self.unet(noisy, t, encoder_hidden_states=embeds, return_dict=False)[0].float()
-            finally:
-                self.unet.enable_adapters()
+            with torch.no_grad(), self._reference(), self._autocast():
+                base = self.unet(noisy, t, encoder_hidden_states=embeds, return_dict=False)[0].float()
         with self._autocast():
             pred = self.unet(noisy, t, encoder_hidden_states=embeds, return_dict=False)[0]
         return pred.float(), target.float(), base
+
+    @contextlib.contextmanager
+    def _reference(self) -> Iterator[None]:
+        """The UNet as the KL term's reference model: adapters off (``kl_anchor: base``), or the
+        LoRA weights of the round's start swapped in (``round``); restored on exit."""
+        if self.kl_anchor == "round" and self._anchor is not None:
+            current = [p.detach().clone() for p in self.params]
+            try:
+                for p, a in zip(self.params, self._anchor):
+                    p.data.copy_(a)
+                yield
+            finally:
+                for p, c in zip(self.params, current):
+                    p.data.copy_(c)
+            return
+        self.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            self.unet.enable_adapters()
 
     def _train_sharded(self, latents: torch.Tensor, embeds: torch.Tensor, shard: TrainShard, progress: bool) -> dict[str, float]:
         """:meth:`train` on this process's share; every process runs the same exchanges in the same order."""
