@@ -167,14 +167,14 @@ class LoraTrainer(LoraTrainerBase):
         """The UNet as the KL term's reference model: adapters off (``kl_anchor: base``), or the
         LoRA weights of the round's start swapped in (``round``); restored on exit."""
         if self.kl_anchor == "round" and self._anchor is not None:
-            current = [p.detach().clone() for p in self.params]
+            current = [p.data for p in self.params]  # swap the storage in and out: no copies per micro-batch
             try:
                 for p, a in zip(self.params, self._anchor):
-                    p.data.copy_(a)
+                    p.data = a
                 yield
             finally:
                 for p, c in zip(self.params, current):
-                    p.data.copy_(c)
+                    p.data = c
             return
         self.unet.disable_adapters()
         try:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-
 log = logging.getLogger(__name__)
 PRESETS = {"resolution": "miniworld-resolution", "aesthetic": "miniworld-aesthetic"}
 EVAL_SEED = 4242
@@ -70,6 +69,7 @@ def run_experiment(name: str, out_dir: str | Path, *, overrides: dict[str, Any] 
     from raft_diffusion.api import build_loop
     from raft_diffusion.config import load_config
     from raft_diffusion.miniworld import NATIVE_RESOLUTION, world
+    from raft_diffusion.miniworld.evaluate import vae_ceiling
     from raft_diffusion.errors import ConfigError
 
     if name not in PRESETS:
@@ -90,8 +90,6 @@ def run_experiment(name: str, out_dir: str | Path, *, overrides: dict[str, Any] 
     if loop.backend.height != NATIVE_RESOLUTION:
         result["native"] = {s: evaluate(loop.backend, p, per_prompt, judges, NATIVE_RESOLUTION, NATIVE_RESOLUTION)
                             for s, p in splits.items()}
-        from raft_diffusion.miniworld.evaluate import vae_ceiling
-
         result["vae_ceiling"] = vae_ceiling(loop.backend.pipe.vae, loop.backend.height)
     history = loop.run()
     result["after"] = {s: evaluate(loop.backend, p, per_prompt, judges) for s, p in splits.items()}

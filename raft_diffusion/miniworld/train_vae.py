@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from raft_diffusion.miniworld import common, world
-from raft_diffusion.miniworld import ADAPTATION_RESOLUTION
+from raft_diffusion.miniworld import ADAPTATION_RESOLUTION, common, world
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +143,7 @@ def finetune_decoder(vae_dir: str | Path, out: str | Path, *, seed: int = 0, ste
         images, _, _ = next(data)
         loss = torch.zeros(())
         for size in sizes:
-            x = F.interpolate(images, size=(size, size), mode="area") * 2 - 1 if size != images.shape[-1] else images * 2 - 1
+            x = F.interpolate(images, size=(size, size), mode="area") * 2 - 1  # area at the same size is the identity
             with torch.no_grad():
                 z = vae.encode(x).latent_dist.sample()
             loss = loss + F.mse_loss(vae.decode(z).sample, x)
