@@ -138,6 +138,9 @@ class TrainConfig:
                            "reverse processes, up to a constant); one more UNet forward per micro-batch; 0 disables")
     kl_anchor: str = _f("base", "diffusion, with kl_weight: 'base' pulls toward the base model; 'round' toward the model "
                          "as it was when the round's training began (a trust region per round, so gains compound)")
+    latents: str = _f("sampled", "diffusion: what the kept samples are trained as: 'sampled' (the sampler's final latents) "
+                      "or 'encoded' (the kept images back through the VAE encoder, posterior mean, as the paper's code "
+                      "trains on saved images; latents that guidance pushed off the VAE's manifold do not compound)")
     mask_prompt: bool = _f(True, "LLM: exclude prompt tokens from the SFT loss")
 
 
@@ -342,6 +345,7 @@ def validate(cfg: RaftConfig) -> None:
     _check(0.0 <= t.caption_dropout < 1.0, f"train.caption_dropout must be in [0, 1), got {t.caption_dropout}")
     _check(t.kl_weight >= 0.0, f"train.kl_weight must be >= 0 (0 disables), got {t.kl_weight}")
     _check(t.kl_anchor in ("base", "round"), f"train.kl_anchor must be 'base' or 'round', got {t.kl_anchor!r}")
+    _check(t.latents in ("sampled", "encoded"), f"train.latents must be 'sampled' or 'encoded', got {t.latents!r}")
     o = cfg.output
     _check(bool(o.dir.strip()), "output.dir is empty; give a folder for the run")
     _check(o.keep_checkpoints is None or o.keep_checkpoints >= 1, f"output.keep_checkpoints must be >= 1 or null, got {o.keep_checkpoints}")

@@ -192,3 +192,32 @@ def test_kl_anchor_round_pulls_toward_the_round_start(tiny_pipeline_dir, tmp_pat
         tr.kl_anchor = "base"
         _, _, base = tr._prediction(x0, emb, noise, t)
     assert not torch.allclose(reference, base), "the round's anchor is not the base model"
+
+
+def test_latents_encoded_trains_on_the_kept_images_through_the_vae(tiny_pipeline_dir, tmp_path):
+    """train.latents 'encoded': the kept images go back through the VAE encoder (posterior mean,
+    scaled), instead of the sampler's final latents; the prompt embeddings are the same."""
+    from prompts.types import Prompt
+    from raft_diffusion.config import validate
+    from raft_diffusion.diffusion import sampling
+    from raft_diffusion.errors import ConfigError
+
+    def kept_batch(mode, name):
+        loop = build_loop(tiny_config(tiny_pipeline_dir, tmp_path / name, **{"train.latents": mode}), progress=False)
+        backend = loop.backend
+        samples = backend.generate([Prompt("a red circle"), Prompt("a blue cross")], 2, [1, 2, 3, 4], list("abcd"))
+        return backend, samples, backend._kept_batch(samples, [0, 3])
+
+    _, samples, (sampled, emb_s) = kept_batch("sampled", "s")
+    backend, samples_e, (encoded, emb_e) = kept_batch("encoded", "e")
+    assert torch.equal(samples.outputs, samples_e.outputs), "the same images either way"
+    assert torch.equal(sampled, samples.extras["latents"][[0, 3]])
+    vae = backend.pipe.vae
+    with torch.no_grad():
+        want = vae.encode(samples.outputs[[0, 3]] * 2 - 1).latent_dist.mean * vae.config.scaling_factor
+    assert encoded.shape == sampled.shape and torch.allclose(encoded, want, atol=1e-5)
+    assert not torch.allclose(encoded, sampled), "a random VAE does not map its decodes back onto the sampler's latents"
+    assert torch.equal(emb_s, emb_e)
+    assert torch.allclose(sampling.encode_images(vae, samples.outputs[[0, 3]], batch_size=1), want, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"train.latents must be 'sampled' or 'encoded', got 'pixels'"):
+        validate(tiny_config(tiny_pipeline_dir, tmp_path / "x", **{"train.latents": "pixels"}))

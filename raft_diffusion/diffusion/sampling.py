@@ -105,6 +105,18 @@ def decode_latents(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def encode_images(vae: Any, images: torch.Tensor, offload: Offload | None = None, batch_size: int = 64) -> torch.Tensor:
+    """Images (N, 3, H, W) in [0, 1] -> scaled latents (N, C, h, w) float32 CPU: the VAE posterior's
+    mean times ``scaling_factor`` (what ``decode_latents`` inverts)."""
+    out = []
+    with (offload or Offload()).onto(vae):
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].to(device=vae.device, dtype=vae.dtype) * 2 - 1
+            out.append(vae.encode(x).latent_dist.mean.float().cpu() * vae.config.scaling_factor)
+    return torch.cat(out)
+
+
+@torch.inference_mode()
 def generate(
     pipe: Any,
     encoder: PromptEncoder,
