@@ -94,10 +94,11 @@ def generation_fidelity(assets: str | Path, resolution: int, prompts: Sequence[s
 
 
 @torch.no_grad()
-def vae_ceiling(vae: Any, resolution: int, n: int = 300, zs: "common.ZeroShot | None" = None) -> dict[str, float]:
+def vae_round_trip(vae: Any, resolution: int, n: int = 300, zs: "common.ZeroShot | None" = None) -> dict[str, float]:
     """Shape / colour accuracy of held-out renders resized to ``resolution`` and passed through the
-    VAE (encode, decode): the most prompt fidelity any UNet can reach at that size. Judged by ``zs``
-    (default: the committed miniworld CLIP)."""
+    VAE (encode, decode): how much of the prompt survives the VAE at that size. A reference, not a
+    bound: a UNet's latents need not be the encoder's. Judged by ``zs`` (default: the committed
+    miniworld CLIP)."""
     import torch.nn.functional as F
 
     scenes = world.heldout_scenes(n)
@@ -130,7 +131,7 @@ def evaluate_all(assets: str | Path, *, adaptation_resolution: int = ADAPTATION_
         for res in dict.fromkeys((world.NATIVE_RESOLUTION, adaptation_resolution, *extra_resolutions)):
             gen[f"{split}@{res}"] = generation_fidelity(assets, res, prompts, per_prompt=pp, steps=steps, pipe=pipe, zs=zs)
     figs["generation"] = gen
-    figs["vae_ceiling"] = {str(res): vae_ceiling(pipe.vae, res, n=64 if quick else 300, zs=zs)
+    figs["vae_round_trip"] = {str(res): vae_round_trip(pipe.vae, res, n=64 if quick else 300, zs=zs)
                            for res in dict.fromkeys((world.NATIVE_RESOLUTION, adaptation_resolution))}
     figs["generation_settings"] = {"guidance_scale": GUIDANCE_SCALE, "inference_steps": steps,
                                    "scheduler": type(pipe.scheduler).__name__, "per_prompt": pp,

@@ -33,8 +33,8 @@ def checks(f: dict) -> list[tuple[str, object, str, bool | None]]:
         rows.append((f"Generated, in-domain @{ada}: shape / colour", f"{d['shape_acc']} / {d['colour_acc']}", "(reported)", None))
         rows.append((f"Drop {nat} -> {ada}, shape (points)", round(100 * ds, 1), ">= 15", ds >= 0.15))
         rows.append((f"Drop {nat} -> {ada}, colour (points)", round(100 * dc, 1), ">= 15", dc >= 0.15))
-    for res, c in f.get("vae_ceiling", {}).items():
-        rows.append((f"VAE ceiling @{res}: held-out renders through the VAE, shape / colour named right",
+    for res, c in f.get("vae_round_trip", {}).items():
+        rows.append((f"VAE round trip @{res}: held-out renders encoded and decoded, shape / colour named right",
                      f"{round(c['shape_acc'], 4)} / {round(c['colour_acc'], 4)}", "(reported)", None))
     for res in (nat, ada):
         o = g.get(f"out_of_domain@{res}", {})
