@@ -1,0 +1,90 @@
+"""What an adapter can learn at a new size when the data is perfect: fine-tune the miniworld UNet
+on ground-truth renders at 16 px (not RAFT samples) and print the shape / colour accuracy of its
+generations as it trains.
+
+    python benchmarks/miniworld_supervised.py [--adapter lora|full] [--rank 8]
+        [--targets to_q,to_k,to_v,to_out.0] [--lr 1e-4] [--steps 1000] [--every 200] [--resolution 16]
+
+It separates the two things RAFT needs at a new size: good kept samples, and an adapter able to
+learn from them. Figures (one thread): attention-only rank-8 LoRA at lr 1e-4: 33-41% shape after
+400-1,000 steps (45-49% at lr 5e-4); rank 16 on attention, resnet convs and feed-forward layers at
+lr 3e-4: 53-56%; the whole UNet at lr 1e-4: 48-54%. The base model: 22% shape, 23% colour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> None:
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    from raft_diffusion.diffusion.lora import add_lora
+    from raft_diffusion.diffusion.sampling import encode_images
+    from raft_diffusion.miniworld import assets_dir, common, evaluate, world
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--adapter", choices=["lora", "full"], default="lora")
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--targets", default="to_q,to_k,to_v,to_out.0", help="LoRA target modules, comma-separated")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--every", type=int, default=200, help="evaluate every N steps")
+    ap.add_argument("--resolution", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=5)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.manual_seed(args.seed)
+
+    assets = assets_dir()
+    pipe = StableDiffusionPipeline.from_pretrained(assets / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    zs = common.ZeroShot(*evaluate.load_clip(assets / "clip"))
+    unet, tok = pipe.unet, pipe.tokenizer
+    if args.adapter == "lora":
+        add_lora(unet, args.rank, None, 0.0, args.targets.split(","), seed=args.seed)
+    params = [p for p in unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    def embed(texts):
+        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        return pipe.text_encoder(ids.input_ids)[0]
+
+    with torch.no_grad():
+        empty = embed([""])
+    rng = random.Random(args.seed)
+    start = time.time()
+    for step in range(args.steps + 1):
+        if step % args.every == 0 or step == args.steps:
+            unet.eval()
+            fid = evaluate.generation_fidelity(assets, args.resolution, world.in_domain_prompts(), pipe=pipe, zs=zs)
+            print(f"step {step:5d}  {time.time() - start:6.0f} s  shape {fid['shape_acc']:.1%}  colour {fid['colour_acc']:.1%}",
+                  flush=True)
+            unet.train()
+        if step == args.steps:
+            break
+        scenes = [world.sample_scene(rng, two_object_prob=0.0) for _ in range(args.batch_size)]
+        with torch.no_grad():
+            latents = encode_images(pipe.vae, world.render_batch(scenes, args.resolution))
+            emb = embed([world.caption(s, rng) for s in scenes])
+            emb[torch.rand(len(scenes)) < 0.1] = empty[0]  # caption dropout, as in pretraining
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),))
+        loss = F.mse_loss(unet(noise_scheduler.add_noise(latents, noise, t), t, emb).sample, noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+if __name__ == "__main__":
+    main()
