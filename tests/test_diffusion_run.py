@@ -59,10 +59,18 @@ def test_two_rounds_rows_and_parameters(tiny_pipeline_dir, tmp_path):
     assert len(list((run / "rounds" / "round-0001" / "kept").glob("*.png"))) == 2
 
 
-def test_saved_lora_loads_in_diffusers_and_changes_output(tiny_pipeline_dir, tmp_path):
+@pytest.mark.parametrize("targets", [None, ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "ff.net.0.proj"]],
+                         ids=["attention", "attention+convs+ff"])
+def test_saved_lora_loads_in_diffusers_whole(tiny_pipeline_dir, tmp_path, targets):
+    """diffusers' load_lora_weights restores every trained LoRA weight (attention, resnet convs and
+    feed-forward alike), changes the output, and unloads back to the base model."""
     from diffusers import StableDiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
 
-    train(tiny_config(tiny_pipeline_dir, tmp_path / "run", **{"lora.init": "gaussian", "raft.rounds": 1}), progress=False)
+    over = {"lora.init": "gaussian", "raft.rounds": 1, **({"lora.target_modules": targets} if targets else {})}
+    loop = build_loop(tiny_config(tiny_pipeline_dir, tmp_path / "run", **over), progress=False)
+    loop.run()
+    trained = get_peft_model_state_dict(loop.backend.pipe.unet)
     pipe = StableDiffusionPipeline.from_pretrained(tiny_pipeline_dir, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
 
@@ -72,6 +80,9 @@ def test_saved_lora_loads_in_diffusers_and_changes_output(tiny_pipeline_dir, tmp
 
     base = image()
     pipe.load_lora_weights(tmp_path / "run")
+    loaded = get_peft_model_state_dict(pipe.unet, adapter_name=pipe.unet.active_adapters()[0])
+    assert sorted(loaded) == sorted(trained), "every trained LoRA weight is restored"
+    assert all(torch.equal(loaded[k].float(), trained[k].float()) for k in trained)
     tuned = image()
     assert not torch.allclose(base, tuned, atol=1e-6), "the LoRA did not change the pipeline's output"
     pipe.unload_lora_weights()

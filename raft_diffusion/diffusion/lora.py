@@ -73,14 +73,18 @@ def load_lora_state_dict(unet: Any, state: dict[str, torch.Tensor]) -> None:
 
 
 def save_lora(unet: Any, out_dir: str | Path) -> Path:
-    """Write ``out_dir/pytorch_lora_weights.safetensors`` atomically; diffusers' ``load_lora_weights`` reads it."""
+    """Write ``out_dir/pytorch_lora_weights.safetensors`` atomically; diffusers' ``load_lora_weights`` reads it.
+
+    The keys stay in peft naming (``...to_q.lora_A.weight``). diffusers' older naming
+    (``...to_q.lora.down.weight``) covers attention layers only: with conv or feed-forward targets
+    the file would mix both, and ``load_lora_weights``, which picks one naming from the first key,
+    would silently drop the attention half."""
     from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    layers = get_peft_model_state_dict(unet)
     metadata = unet.peft_config["default"].to_dict()
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".lora-"))
     try:
