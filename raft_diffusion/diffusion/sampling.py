@@ -105,7 +105,7 @@ def decode_latents(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def encode_images(vae: Any, images: torch.Tensor, offload: Offload | None = None, batch_size: int = 64) -> torch.Tensor:
+def encode_images(vae: Any, images: torch.Tensor, offload: Offload | None = None, batch_size: int = 8) -> torch.Tensor:
     """Images (N, 3, H, W) in [0, 1] -> scaled latents (N, C, h, w) float32 CPU: the VAE posterior's
     mean times ``scaling_factor`` (what ``decode_latents`` inverts)."""
     out = []
