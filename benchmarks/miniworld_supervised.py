@@ -30,7 +30,7 @@ def main() -> None:
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
     from raft_diffusion.diffusion.lora import add_lora
-    from raft_diffusion.diffusion.sampling import encode_images
+    from raft_diffusion.diffusion.sampling import PromptEncoder, encode_images
     from raft_diffusion.miniworld import assets_dir, common, evaluate, world
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -51,19 +51,13 @@ def main() -> None:
     pipe = StableDiffusionPipeline.from_pretrained(assets / "pipeline")
     pipe.set_progress_bar_config(disable=True)
     zs = common.ZeroShot(*evaluate.load_clip(assets / "clip"))
-    unet, tok = pipe.unet, pipe.tokenizer
+    unet, prompts = pipe.unet, PromptEncoder(pipe)
     if args.adapter == "lora":
         add_lora(unet, args.rank, None, 0.0, args.targets.split(","), seed=args.seed)
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
-    def embed(texts):
-        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-        return pipe.text_encoder(ids.input_ids)[0]
-
-    with torch.no_grad():
-        empty = embed([""])
     rng = random.Random(args.seed)
     start = time.time()
     for step in range(args.steps + 1):
@@ -78,8 +72,8 @@ def main() -> None:
         scenes = [world.sample_scene(rng, two_object_prob=0.0) for _ in range(args.batch_size)]
         with torch.no_grad():
             latents = encode_images(pipe.vae, world.render_batch(scenes, args.resolution))
-            emb = embed([world.caption(s, rng) for s in scenes])
-            emb[torch.rand(len(scenes)) < 0.1] = empty[0]  # caption dropout, as in pretraining
+            emb = prompts([world.caption(s, rng) for s in scenes])
+            emb[torch.rand(len(scenes)) < 0.1] = prompts.negative(1)[0]  # caption dropout, as in pretraining
         noise = torch.randn_like(latents)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),))
         loss = F.mse_loss(unet(noise_scheduler.add_noise(latents, noise, t), t, emb).sample, noise)

@@ -116,10 +116,10 @@ class DiffusionBackend:
         faults.point("prepare")
         idx = torch.tensor(list(kept), dtype=torch.long)
         latents = samples.extras["latents"][idx]
-        if kept and self.cfg.train.latents == "encoded":
-            latents = sampling.encode_images(self.pipe.vae, samples.outputs[idx], self.offload).to(latents.dtype)
         if not kept:
             return latents, self.encoder(samples.texts[:1])[:0]  # owns no kept sample: still joins every all-reduce
+        if self.cfg.train.latents == "encoded":
+            latents = sampling.encode_images(self.pipe.vae, samples.outputs[idx], self.offload)
         return latents, self.encoder([samples.texts[i] for i in kept])
 
     def save_model(self, out_dir: Path) -> None:
