@@ -45,6 +45,9 @@ def run_variant(args, name: str) -> dict:
             "model.pretrained": args.model, "raft.rounds": 2, "raft.k": args.k, "raft.prompts_per_round": args.prompts,
             "sampling.steps": args.steps, "sampling.batch_size": args.k * args.prompts, "train.steps_per_round": args.train_steps,
             "train.batch_size": args.prompts, "reward.scorer": args.scorer, "prompts.eval": None,
+            # the settings the measured figures were taken with (the embedded default's differ)
+            "prompts.train": "cifar10", "prompts.template": "a photo of a {}", "reward.eval_scorers": {},
+            "sampling.scheduler": "ddim", "sampling.guidance_scale": 7.5, "lora.rank": 4, "train.learning_rate": 1e-4,
             "output.dir": f"{tmp}/run", **VARIANTS[name],
         })
         try:

@@ -31,6 +31,9 @@ def settings(args):
         "sampling.steps": args.steps, "sampling.batch_size": args.k * args.prompts, "sampling.guidance_scale": 7.5,
         "train.steps_per_round": args.train_steps, "train.batch_size": args.prompts, "lora.rank": 4,
         "reward.scorer": "jpeg-compressibility", "output.save_kept": False,
+        # what the bare round does (the embedded default's miniworld prompts, sampler and eval differ)
+        "prompts.train": "cifar10", "prompts.template": "a photo of a {}", "prompts.eval": None,
+        "reward.eval_scorers": {}, "sampling.scheduler": "ddim", "train.learning_rate": 1e-4,
     }
 
 

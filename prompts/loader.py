@@ -1,7 +1,8 @@
 """``load(source)``: prompts from a registered set name or a ``.txt``/``.jsonl``/``.csv`` path.
 
 Sets live in one strict registry (:data:`REGISTRY`); ``register`` adds user sets. A set's
-factory takes no arguments and returns an iterable of :class:`Prompt` or ``str``.
+factory takes no arguments and returns an iterable of :class:`Prompt` or ``str``. Plugins
+(:mod:`raft_diffusion.plugins`) add sets: they load on the first unknown name or listing.
 """
 
 from __future__ import annotations
@@ -33,13 +34,21 @@ def register(name: str, loader: PromptSetFactory, description: str = "") -> Prom
     return REGISTRY.register(name, loader, description)
 
 
+def _load_plugins() -> None:
+    from raft_diffusion.plugins import load_plugins
+
+    load_plugins()
+
+
 def available() -> list[str]:
-    """Registered prompt-set names, sorted."""
+    """Registered prompt-set names (plugins' included), sorted."""
+    _load_plugins()
     return REGISTRY.names()
 
 
 def describe() -> list[tuple[str, str]]:
-    """(name, one-line description) for every registered prompt set, sorted by name."""
+    """(name, one-line description) for every registered prompt set (plugins' included), sorted by name."""
+    _load_plugins()
     return [(e.name, e.description) for e in REGISTRY]
 
 
@@ -122,6 +131,8 @@ def load(
     _check_limit(limit)
     if isinstance(source, str) and not source.strip():
         raise _unknown_name(source)
+    if isinstance(source, str) and source not in REGISTRY and not Path(source).is_file():
+        _load_plugins()  # a plugin's set (an existing file is read without loading plugins)
     if isinstance(source, str) and source in REGISTRY:
         prompts = _normalise(source, REGISTRY.build(source))
         origin = f"prompt set {source!r}"
@@ -152,25 +163,6 @@ def _register_builtin() -> None:
 
     for s in BUILTIN_SETS:
         register(s.name, s.load, s.description)
-    register("miniworld", _miniworld(False), "the miniworld's in-domain prompts ('a red circle', ...: 16 colour/shape pairs)")
-    register("miniworld-ood", _miniworld(True), "the miniworld's out-of-domain prompts (8 colour/shape pairs never seen in pretraining)")
-
-
-def _miniworld(ood: bool) -> PromptSetFactory:
-    """Loader of the miniworld prompt sets (imports the world, and so torch, only when called)."""
-
-    def load_set() -> list[Prompt]:
-        from raft_diffusion.miniworld import world
-
-        texts = world.out_of_domain_prompts() if ood else world.in_domain_prompts()
-        name = "miniworld-ood" if ood else "miniworld"
-        out = []
-        for i, text in enumerate(texts):
-            colour, shape = world.parse_prompt(text)
-            out.append(Prompt(text, {"set": name, "index": i, "label": text, "colour": colour, "shape": shape}))
-        return out
-
-    return load_set
 
 
 _register_builtin()

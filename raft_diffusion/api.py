@@ -251,7 +251,7 @@ def generate(
     from raft_diffusion.core.rng import sample_seed
     from raft_diffusion.diffusion import sampling
     from raft_diffusion.diffusion.lora import load_lora_into_pipeline
-    from raft_diffusion.diffusion.pipeline import load_pipeline, native_size
+    from raft_diffusion.diffusion.pipeline import load_family
     from raft_diffusion.report import to_pil
 
     for name, v in (("height", height), ("width", width)):
@@ -261,15 +261,16 @@ def generate(
         raise ConfigError(f"--num-images must be >= 1, got {num_images}")
     if not prompts:
         raise ConfigError("no prompts given; pass --prompt TEXT or --prompts FILE")
-    pipe = load_pipeline(pretrained, dtype=dtype, device=device, scheduler=scheduler)
+    family = load_family(pretrained, dtype=dtype, device=device, scheduler=scheduler)
     if lora:
-        load_lora_into_pipeline(pipe, lora)
-    size = native_size(pipe)
+        load_lora_into_pipeline(family.pipe, lora)
+    size = family.native_size()
+    family.size = (height or size, width or size)
     texts = [p for p in prompts for _ in range(num_images)]
     seeds = [sample_seed(seed, 0, i) for i in range(len(texts))]
     result = sampling.generate(
-        pipe, sampling.PromptEncoder(pipe), texts, seeds, steps=steps, guidance_scale=guidance_scale,
-        height=height or size, width=width or size, batch_size=batch_size,
+        family, sampling.PromptEncoder(family), texts, seeds, steps=steps, guidance_scale=guidance_scale,
+        height=family.size[0], width=family.size[1], batch_size=batch_size,
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""The ``raft-diffusion`` command: discovers sub-commands in :mod:`raft_diffusion.commands`."""
+"""The ``raft-diffusion`` command: discovers sub-commands in :mod:`raft_diffusion.commands`, then
+adds those plugins contribute (:func:`raft_diffusion.plugins.register_command`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ log = logging.getLogger("raft_diffusion")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every discovered sub-command."""
+    """The top-level parser with every built-in sub-command, then every plugin's."""
     parser = argparse.ArgumentParser(
         prog="raft-diffusion",
         description="RAFT (Reward rAnked FineTuning) for Stable Diffusion and causal language models.",
@@ -30,7 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"raft_diffusion.commands.{info.name}")
         module.register(sub)
+    _add_plugin_commands(sub)
     return parser
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the sub-commands plugins registered; one that clashes with a built-in is skipped with a warning."""
+    from raft_diffusion.plugins import COMMANDS, load_plugins
+
+    load_plugins()
+    for entry in COMMANDS:
+        if entry.name in sub.choices:
+            log.warning("plugin command %r is skipped: a command of that name already exists; rename it", entry.name)
+            continue
+        entry.factory(sub)
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -1,7 +1,10 @@
-"""Typed run configuration: one dataclass per concern, YAML in and out, CLI overrides, validation.
+"""Typed run configuration: one dataclass per concern, YAML in and out, CLI overrides.
 
 Every field carries a ``help`` string (shown by ``raft-diffusion train --help-config`` and in the
 README's reference). Errors name the field, the value and the fix, on one line.
+:class:`RaftConfig` validates itself on construction; the cross-field checks and the allowed values
+of the choice fields (``SCHEDULERS``, ``DTYPES``, ``LR_SCHEDULERS``) live in
+:mod:`raft_diffusion.validation` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ from typing import Any, Union
 
 import yaml
 
+from raft_diffusion.core import ranking
 from raft_diffusion.errors import ConfigError
-
-SCHEDULERS = ("ddim", "dpm++", "dpm", "euler", "euler-a", "pndm", "ddpm", "lms", "heun", "unipc")
-DTYPES = ("float32", "float16", "bfloat16")
-STRATEGIES = ("per_prompt", "global", "per_prompt_then_global")
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+from raft_diffusion.validation import (  # noqa: F401  (re-exported: the checks moved there)
+    DTYPES,
+    LR_SCHEDULERS,
+    SCHEDULERS,
+    _check,
+    _check_strategy,
+    validate,
+)
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -32,7 +39,8 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    pretrained: str = _f("tiny", "hub id or local diffusers folder (or causal LM for backend llm); 'miniworld' is the bundled miniature SD, 'tiny' a tiny random pipeline built offline")
+    pretrained: str = _f("miniworld", "hub id, local diffusers folder or model alias (or causal LM for backend llm); 'miniworld' is the bundled miniature SD (an alias the miniworld plugin registers), 'tiny' a tiny random pipeline built offline")
+    family: Union[str, None] = _f(None, "diffusion model family (see `raft-diffusion families`); default: detected from the pipeline class in model_index.json")
     revision: Union[str, None] = _f(None, "hub revision (branch, tag or commit)")
     variant: Union[str, None] = _f(None, "weights variant, e.g. 'fp16'")
     dtype: str = _f("float32", f"dtype of the frozen weights: {', '.join(DTYPES)}; LoRA parameters stay float32")
@@ -45,30 +53,30 @@ class ModelConfig:
 class RaftSection:
     rounds: int = _f(3, "number of RAFT rounds (stages)")
     k: int = _f(4, "samples per prompt; the paper keeps 1 of K (acceptance ratio 1/K)")
-    prompts_per_round: int = _f(4, "b, the number of prompts sampled each round")
+    prompts_per_round: int = _f(8, "b, the number of prompts sampled each round")
     seed: int = _f(0, "base seed: per-sample generation seeds, training noise, prompt shuffling")
     eval_every: int = _f(1, "evaluate the eval prompts every N rounds (0: only before and after)")
-    eval_samples_per_prompt: int = _f(1, "samples per eval prompt (fixed seeds, paired across rounds)")
+    eval_samples_per_prompt: int = _f(2, "samples per eval prompt (fixed seeds, paired across rounds)")
 
 
 @dataclass
 class PromptsConfig:
-    train: str = _f("cifar10", "prompt set name (see `raft-diffusion prompts`) or a .txt/.jsonl/.csv file")
-    template: Union[str, None] = _f("a photo of a {}", "template applied to every prompt ('{}' is the prompt); null for none")
+    train: str = _f("miniworld", "prompt set name (see `raft-diffusion prompts`) or a .txt/.jsonl/.csv file")
+    template: Union[str, None] = _f(None, "template applied to every prompt ('{}' is the prompt); null for none")
     shuffle: bool = _f(True, "seeded shuffle of each pass over the prompt set")
-    eval: Union[str, None] = _f(None, "held-out prompt set or file scored before training and every eval_every rounds")
+    eval: Union[str, None] = _f("miniworld-ood", "held-out prompt set or file scored before training and every eval_every rounds")
     eval_template: Union[str, None] = _f(None, "template of eval prompts (default: the train template)")
     eval_limit: Union[int, None] = _f(None, "use only the first N eval prompts")
 
 
 @dataclass
 class SamplingConfig:
-    scheduler: str = _f("ddim", f"sampler: {', '.join(SCHEDULERS)} (dpm++ = DPM-Solver++ multistep)")
-    steps: int = _f(20, "denoising steps per image")
-    guidance_scale: float = _f(7.5, "classifier-free guidance scale (1 disables guidance)")
+    scheduler: str = _f("dpm++", f"sampler: {', '.join(SCHEDULERS)} (dpm++ = DPM-Solver++ multistep)")
+    steps: int = _f(10, "denoising steps per image")
+    guidance_scale: float = _f(5.0, "classifier-free guidance scale (1 disables guidance)")
     height: Union[int, None] = _f(None, "image height in pixels, a multiple of 8 (default: the model's native size)")
     width: Union[int, None] = _f(None, "image width in pixels, a multiple of 8 (default: the model's native size)")
-    batch_size: int = _f(8, "images generated per pipeline call")
+    batch_size: int = _f(32, "images generated per pipeline call")
     eta: float = _f(0.0, "DDIM eta (0 = deterministic DDIM)")
     negative_prompt: Union[str, None] = _f(None, "negative prompt used for guidance (default: empty)")
 
@@ -88,14 +96,15 @@ class GenerationConfig:
 
 @dataclass
 class RewardConfig:
-    scorer: str = _f("jpeg-compressibility", "registered scorer name (see `raft-diffusion scorers`) or 'module:function'")
+    scorer: str = _f("miniworld-aesthetic", "registered scorer name (see `raft-diffusion scorers`) or 'module:function'")
     kwargs: dict = _f({}, "keyword arguments of the scorer's factory")
-    eval_scorers: dict = _f({}, "extra held-out scorers {name: {kwargs}} reported on the eval prompts")
+    eval_scorers: dict = _f({"miniworld-clip": {}}, "extra held-out scorers {name: {kwargs}} reported on the eval prompts")
 
 
 @dataclass
 class RankingConfig:
-    strategy: str = _f("per_prompt", f"{', '.join(STRATEGIES)}")
+    strategy: str = _f("per_prompt", f"{', '.join(ranking.strategy_names())} (or one added with "
+                                      "raft_diffusion.core.ranking.register_strategy)")
     top_n: int = _f(1, "per_prompt: samples kept per prompt")
     top_k: Union[int, None] = _f(None, "per_prompt_then_global: winners kept overall (the authors' notebook: 8 of 10)")
     nonfinite: str = _f("error", "'error' stops on a NaN/inf reward; 'exclude' drops and counts such samples")
@@ -107,18 +116,18 @@ class RankingConfig:
 
 @dataclass
 class LoraConfig:
-    rank: int = _f(4, "LoRA rank r")
+    rank: int = _f(8, "LoRA rank r")
     alpha: Union[float, None] = _f(None, "LoRA alpha (default: equal to rank)")
     dropout: float = _f(0.0, "LoRA dropout")
-    target_modules: list = _f(["to_q", "to_k", "to_v", "to_out.0"], "module names to adapt (UNet attention by default)")
+    target_modules: list = _f([], "module names to adapt; empty: the model family's default (the attention projections)")
     init: str = _f("default", "'default' (B = 0: starts as the base model) or 'gaussian'")
 
 
 @dataclass
 class TrainConfig:
-    learning_rate: float = _f(1e-4, "AdamW learning rate (the authors' notebook: 9e-6 for SD 1.5)")
-    steps_per_round: Union[int, None] = _f(None, "optimizer steps per round; default: epochs_per_round over the kept set")
-    epochs_per_round: int = _f(1, "passes over the kept set per round when steps_per_round is unset")
+    learning_rate: float = _f(1e-3, "AdamW learning rate (the authors' notebook: 9e-6 for SD 1.5)")
+    steps_per_round: Union[int, None] = _f(30, "optimizer steps per round; null: epochs_per_round passes over the kept set")
+    epochs_per_round: int = _f(1, "passes over the kept set per round when steps_per_round is null")
     batch_size: int = _f(8, "samples per micro-batch")
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
     max_grad_norm: Union[float, None] = _f(1.0, "gradient clipping norm (null disables)")
@@ -129,6 +138,8 @@ class TrainConfig:
     adam_beta2: float = _f(0.999, "AdamW beta2")
     adam_epsilon: float = _f(1e-8, "AdamW epsilon")
     optimizer: str = _f("adamw", "'adamw' or 'adamw8bit' (needs bitsandbytes)")
+    mixed_precision: Union[str, None] = _f(None, "'no', 'fp16' (GPU) or 'bf16': autocast of the training forward through accelerate; "
+                                           "the LoRA parameters stay float32. Default: accelerate launch --mixed_precision, else 'no'")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward: less memory, ~30% slower")
     caption_dropout: float = _f(0.0, "diffusion: fraction of kept samples trained against the empty (negative) prompt, so "
                                  "the unconditional branch that guidance subtracts learns them too; high guidance "
@@ -146,7 +157,7 @@ class TrainConfig:
 
 @dataclass
 class OutputConfig:
-    dir: str = _f("runs/raft", "run folder: config, metrics.jsonl, grids, checkpoints, final LoRA")
+    dir: str = _f("runs/default", "run folder: config, metrics.jsonl, grids, checkpoints, final LoRA")
     overwrite: bool = _f(False, "replace a folder that holds another run")
     resume: Union[str, None] = _f(None, "'latest' or a checkpoint folder: continue a stopped run")
     keep_checkpoints: Union[int, None] = _f(2, "keep the newest N round checkpoints (null keeps all)")
@@ -156,7 +167,10 @@ class OutputConfig:
 
 @dataclass
 class RaftConfig:
-    """A complete run. ``RaftConfig()`` is the embedded default: runs offline on the CPU."""
+    """A complete run. ``RaftConfig()`` is the embedded default (``raft-diffusion train`` with no
+    config; every config file and preset starts from it): the miniworld's miniature SD aligned to the
+    miniworld aesthetic predictor, offline on the CPU in a few minutes. Its model, reward and prompt
+    sets are names the miniworld plugin registers; this module does not import the miniworld."""
 
     backend: str = _f("diffusion", "'diffusion' (Stable Diffusion UNet LoRA) or 'llm' (causal LM LoRA)")
     description: str = _f("", "free text recorded with the run")
@@ -280,76 +294,6 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
             raise ConfigError(f"unknown config section {'.'.join(parts[:i + 1])!r} in {key!r}; sections: {', '.join(known)}")
         node = node[part]
     node[parts[-1]] = value
-
-
-# ------------------------------------------------------------------- validation
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
-
-
-def validate(cfg: RaftConfig) -> None:
-    """Cross-field checks; each failure names the field, the value and the fix."""
-    _check(cfg.backend in ("diffusion", "llm"), f"backend must be 'diffusion' or 'llm', got {cfg.backend!r}")
-    r = cfg.raft
-    _check(r.rounds >= 1, f"raft.rounds must be >= 1, got {r.rounds}")
-    _check(r.k >= 1, f"raft.k must be >= 1 (samples per prompt), got {r.k}")
-    _check(r.k <= 4096, f"raft.k = {r.k} is out of range; use at most 4096 samples per prompt")
-    _check(r.prompts_per_round >= 1, f"raft.prompts_per_round must be >= 1, got {r.prompts_per_round}")
-    _check(r.eval_every >= 0, f"raft.eval_every must be >= 0, got {r.eval_every}")
-    _check(r.eval_samples_per_prompt >= 1, f"raft.eval_samples_per_prompt must be >= 1, got {r.eval_samples_per_prompt}")
-    m = cfg.model
-    _check(bool(m.pretrained.strip()), "model.pretrained is empty; give a hub id, a local folder or 'tiny'")
-    _check(m.dtype in DTYPES, f"model.dtype {m.dtype!r} is not one of {', '.join(DTYPES)}")
-    _check(m.attention in ("sdpa", "eager"), f"model.attention must be 'sdpa' or 'eager', got {m.attention!r}")
-    _check(not (m.offload and cfg.backend == "llm"), "model.offload applies to backend diffusion only; set it to false for backend llm")
-    s = cfg.sampling
-    _check(s.scheduler in SCHEDULERS, f"unknown sampling.scheduler {s.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
-    _check(s.steps >= 1, f"sampling.steps must be >= 1, got {s.steps}")
-    _check(s.batch_size >= 1, f"sampling.batch_size must be >= 1, got {s.batch_size}")
-    _check(s.guidance_scale >= 0, f"sampling.guidance_scale must be >= 0, got {s.guidance_scale}")
-    for name in ("height", "width"):
-        v = getattr(s, name)
-        _check(v is None or (v > 0 and v % 8 == 0),
-               f"sampling.{name} = {v} is not a positive multiple of 8; use e.g. {max(8, (v or 0) // 8 * 8)}")
-    g = cfg.generation
-    _check(g.temperature > 0, f"generation.temperature must be > 0, got {g.temperature}")
-    _check(0 < g.top_p <= 1, f"generation.top_p must be in (0, 1], got {g.top_p}")
-    _check(g.top_k >= 0, f"generation.top_k must be >= 0, got {g.top_k}")
-    _check(1 <= g.max_new_tokens, f"generation.max_new_tokens must be >= 1, got {g.max_new_tokens}")
-    _check(0 <= g.min_new_tokens <= g.max_new_tokens,
-           f"generation.min_new_tokens = {g.min_new_tokens} must be between 0 and max_new_tokens ({g.max_new_tokens})")
-    _check(g.batch_size >= 1, f"generation.batch_size must be >= 1, got {g.batch_size}")
-    k = cfg.ranking
-    _check(k.strategy in STRATEGIES, f"unknown ranking.strategy {k.strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    _check(k.top_n >= 1, f"ranking.top_n must be >= 1, got {k.top_n}")
-    _check(k.top_n <= r.k, f"ranking.top_n = {k.top_n} exceeds raft.k = {r.k}; keep at most k per prompt")
-    _check(k.top_k is None or k.top_k >= 1, f"ranking.top_k must be >= 1 or null, got {k.top_k}")
-    _check(k.nonfinite in ("error", "exclude"), f"ranking.nonfinite must be 'error' or 'exclude', got {k.nonfinite!r}")
-    _check(k.kl_beta >= 0, f"ranking.kl_beta must be >= 0, got {k.kl_beta}")
-    lo = cfg.lora
-    _check(lo.rank >= 1, f"lora.rank must be >= 1, got {lo.rank}")
-    _check(lo.alpha is None or lo.alpha > 0, f"lora.alpha must be > 0, got {lo.alpha}")
-    _check(0 <= lo.dropout < 1, f"lora.dropout must be in [0, 1), got {lo.dropout}")
-    _check(bool(lo.target_modules), "lora.target_modules is empty; name at least one module, e.g. to_q")
-    _check(lo.init in ("default", "gaussian"), f"lora.init must be 'default' or 'gaussian', got {lo.init!r}")
-    t = cfg.train
-    _check(t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}")
-    _check(t.steps_per_round is None or t.steps_per_round >= 0, f"train.steps_per_round must be >= 0, got {t.steps_per_round}")
-    _check(t.epochs_per_round >= 1, f"train.epochs_per_round must be >= 1, got {t.epochs_per_round}")
-    _check(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
-    _check(t.gradient_accumulation_steps >= 1, f"train.gradient_accumulation_steps must be >= 1, got {t.gradient_accumulation_steps}")
-    _check(t.max_grad_norm is None or t.max_grad_norm > 0, f"train.max_grad_norm must be > 0 or null, got {t.max_grad_norm}")
-    _check(t.lr_scheduler in LR_SCHEDULERS, f"unknown train.lr_scheduler {t.lr_scheduler!r}; choose one of {', '.join(LR_SCHEDULERS)}")
-    _check(t.optimizer in ("adamw", "adamw8bit"), f"train.optimizer must be 'adamw' or 'adamw8bit', got {t.optimizer!r}")
-    _check(0.0 <= t.caption_dropout < 1.0, f"train.caption_dropout must be in [0, 1), got {t.caption_dropout}")
-    _check(t.kl_weight >= 0.0, f"train.kl_weight must be >= 0 (0 disables), got {t.kl_weight}")
-    _check(t.kl_anchor in ("base", "round"), f"train.kl_anchor must be 'base' or 'round', got {t.kl_anchor!r}")
-    _check(t.latents in ("sampled", "encoded"), f"train.latents must be 'sampled' or 'encoded', got {t.latents!r}")
-    o = cfg.output
-    _check(bool(o.dir.strip()), "output.dir is empty; give a folder for the run")
-    _check(o.keep_checkpoints is None or o.keep_checkpoints >= 1, f"output.keep_checkpoints must be >= 1 or null, got {o.keep_checkpoints}")
-    _check(not (o.overwrite and o.resume), "output.overwrite and output.resume are both set; choose one")
 
 
 # ------------------------------------------------------------------- files, presets, CLI overrides

@@ -23,10 +23,12 @@ class Entry(Generic[T]):
 
 
 class Registry(Generic[T]):
-    """Maps names to factories. ``kind`` names the registry in error messages ("scorer", ...)."""
+    """Maps names to factories. ``kind`` names the registry in error messages ("scorer", ...);
+    ``plural`` is its plural there (default: ``kind + "s"``)."""
 
-    def __init__(self, kind: str, error: type[RaftError] = RaftError) -> None:
+    def __init__(self, kind: str, error: type[RaftError] = RaftError, plural: str | None = None) -> None:
         self.kind = kind
+        self.plural = plural or f"{kind}s"
         self.error = error
         self._entries: dict[str, Entry[T]] = {}
 
@@ -55,7 +57,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "(none)"
-            raise self.error(f"unknown {self.kind} {name!r}; known {self.kind}s: {known}") from None
+            raise self.error(f"unknown {self.kind} {name!r}; known {self.plural}: {known}") from None
 
     def build(self, name: str, /, **kwargs: object) -> T:
         """Call the factory registered under ``name`` with ``kwargs``."""

@@ -1,7 +1,8 @@
 """Rewards behind one registry: ``scorers.build(name, **kwargs)`` -> a scorer callable.
 
 Every scorer is ``scorer(outputs, prompts, metadata) -> Tensor (N,) float32``; see
-:mod:`scorers.base`. Factories import heavy dependencies and load weights lazily.
+:mod:`scorers.base`. Factories import heavy dependencies and load weights lazily. Plugins
+(:mod:`raft_diffusion.plugins`) add scorers: they load on the first unknown name or listing.
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ def register(name: str, factory: Callable[..., Scorer], description: str = "") -
     return REGISTRY.register(name, factory, description)
 
 
+def _load_plugins() -> None:
+    from raft_diffusion.plugins import load_plugins
+
+    load_plugins()
+
+
 def build(name: str, **kwargs: Any) -> Scorer:
     """Build the scorer ``name``; a "module:function" string loads a custom scorer."""
+    if name not in REGISTRY:
+        _load_plugins()
     if ":" in name and name not in REGISTRY:
         from scorers.custom import from_reference
 
@@ -30,12 +39,14 @@ def build(name: str, **kwargs: Any) -> Scorer:
 
 
 def available() -> list[str]:
-    """Registered scorer names, sorted."""
+    """Registered scorer names (plugins' included), sorted."""
+    _load_plugins()
     return REGISTRY.names()
 
 
 def describe() -> list[tuple[str, str]]:
-    """(name, one-line description) for every registered scorer."""
+    """(name, one-line description) for every registered scorer (plugins' included)."""
+    _load_plugins()
     return [(e.name, e.description) for e in REGISTRY]
 
 
@@ -81,33 +92,6 @@ def _register_builtin() -> None:
              "text: number of occurrences of keyword in the response; no weights")
     register("multi", multi.multi,
              "weighted sum of scorers, each normalised per prompt (raw / zscore / rank); scorers='a:1,b:0.5'")
-
-    register("miniworld-clip", _miniworld_clip,
-             "CLIP score max(100*cos, 0) on the miniworld's tiny CLIP (same code as clip-score-hf); offline")
-    register("miniworld-aesthetic", _miniworld_aesthetic,
-             "miniworld aesthetic predictor: head on the tiny CLIP's normalised embeddings (same code as aesthetic-v2), 1-10; offline")
-    register("miniworld-fidelity", _miniworld_fidelity,
-             "miniworld: (shape named right + colour named right) / 2 by the tiny CLIP, zero-shot; in {0, 0.5, 1}")
-
-
-def _miniworld_clip(**kwargs: Any) -> Scorer:
-    from raft_diffusion.miniworld import clip_path
-    from scorers.clip_score import clip_score_transformers
-
-    return clip_score_transformers(str(clip_path()), name="miniworld-clip", **kwargs)
-
-
-def _miniworld_aesthetic(**kwargs: Any) -> Scorer:
-    from raft_diffusion.miniworld import aesthetic_path, clip_path
-    from scorers.aesthetic import aesthetic_from_folder
-
-    return aesthetic_from_folder(aesthetic_path(), clip_path(), name="miniworld-aesthetic", **kwargs)
-
-
-def _miniworld_fidelity(**kwargs: Any) -> Scorer:
-    from raft_diffusion.miniworld.fidelity import FidelityScorer
-
-    return FidelityScorer(**kwargs)
 
 
 _register_builtin()

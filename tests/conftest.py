@@ -23,7 +23,7 @@ def _cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
     """A tiny random StableDiffusionPipeline written with save_pretrained (loaded back by the tests)."""
-    from raft_diffusion.diffusion.pipeline import write_tiny_pipeline
+    from raft_diffusion.diffusion.tiny import write_tiny_pipeline
 
     return write_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipe", seed=0)
 

@@ -10,6 +10,17 @@ import torch
 from raft_diffusion.core.backend import Samples
 from raft_diffusion.core.ranking import group_ids
 
+#: The fields in which ``RaftConfig()`` differed before the embedded default (the miniworld) became
+#: every config's base: the tiny random model, CIFAR-10 prompts, the JPEG reward. Tests built on those
+#: settings state them: ``RaftConfig().replace({**TINY_BASE, ...})``.
+TINY_BASE: dict[str, Any] = {
+    "model.pretrained": "tiny", "raft.prompts_per_round": 4, "raft.eval_samples_per_prompt": 1,
+    "prompts.train": "cifar10", "prompts.template": "a photo of a {}", "prompts.eval": None,
+    "sampling.scheduler": "ddim", "sampling.steps": 20, "sampling.guidance_scale": 7.5, "sampling.batch_size": 8,
+    "reward.scorer": "jpeg-compressibility", "reward.eval_scorers": {}, "lora.rank": 4,
+    "train.learning_rate": 1e-4, "train.steps_per_round": None, "output.dir": "runs/raft",
+}
+
 
 class VectorBackend:
     """generate: sample_i = theta + N(0, 1) drawn from seed_i; finetune: Adam steps pulling theta to the kept mean."""

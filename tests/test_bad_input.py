@@ -74,7 +74,7 @@ CASES = [
     ("LoRA target modules absent", ["train", "--model.pretrained", "{pipe}", "--lora.target_modules", "[q_proj]", *FAST],
      "lora.target_modules ['q_proj'] match no layer of the UNet2DConditionModel"),
     ("LoRA of another architecture on generate", ["generate", "--model", "{pipe}", "--lora", "{tmp}/other", "--prompt", "x",
-                                                  "--steps", "1", "--out", "{tmp}/gen"], "does not fit this pipeline's UNet"),
+                                                  "--steps", "1", "--out", "{tmp}/gen"], "does not fit this pipeline's denoiser"),
     ("resume with another LoRA shape", ["train", "tiny-demo", "--output", "{tmp}/done", "--resume", "--model.pretrained", "{pipe}",
                                         "--lora.rank", "8", *FAST], "cannot resume '{tmp}/done': it was trained with lora.rank = 4"),
     ("resume from a non-checkpoint", ["train", "tiny-demo", "--output", "{tmp}/done", "--resume", "{tmp}/busy", "--model.pretrained", "{pipe}", *FAST],

@@ -82,7 +82,7 @@ def test_lora_targets_auto_and_errors():
     from raft_diffusion.llm.model import load_causal_lm
 
     base, _ = load_causal_lm("tiny-lm", device="cpu")
-    assert resolve_target_modules(base, ["to_q", "to_k", "to_v", "to_out.0"]) == ["q_proj", "v_proj"]
+    assert resolve_target_modules(base, []) == ["q_proj", "v_proj"], "no targets given: the architecture's"
     assert resolve_target_modules(base, ["auto"]) == ["q_proj", "v_proj"]
     with pytest.raises(ModelError, match="match no linear layer"):
         resolve_target_modules(base, ["c_attn"])

@@ -18,6 +18,7 @@ from raft_diffusion.diffusion import sampling
 from raft_diffusion.errors import ConfigError
 from scorers.common import BaseScorer
 from scorers.offload import OffloadedScorer, offloaded
+from tests.fakes import TINY_BASE
 
 FAKE = torch.device("cuda", 0)
 CPU = torch.device("cpu")
@@ -55,6 +56,7 @@ def of(events: list[Any], obj: Any) -> list[Any]:
 
 def tiny_config(pipe_dir, out_dir, **overrides: Any) -> RaftConfig:
     base = {
+        **TINY_BASE,
         "model.pretrained": str(pipe_dir),
         "raft.rounds": 2, "raft.k": 2, "raft.prompts_per_round": 2, "raft.seed": 5,
         "sampling.steps": 2, "sampling.batch_size": 3,
@@ -288,5 +290,5 @@ def test_the_offload_path_gives_the_same_run_on_the_cpu(tiny_pipeline_dir, tmp_p
         for key in ("reward_mean", "reward_kept", "reward_unbiased", "train_loss"):
             assert ra[key] == rb[key], key
     assert [e["miniworld-clip"] for e in a.evals] == [e["miniworld-clip"] for e in b.evals]
-    la, lb = lora_mod.lora_state_dict(plain.backend.pipe.unet), lora_mod.lora_state_dict(off.backend.pipe.unet)
+    la, lb = lora_mod.lora_state_dict(plain.backend.family.denoiser), lora_mod.lora_state_dict(off.backend.family.denoiser)
     assert la.keys() == lb.keys() and all(torch.equal(la[k], lb[k]) for k in la)

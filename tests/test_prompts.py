@@ -24,6 +24,7 @@ BUILTIN_COUNTS = {"cifar10": 10, "cifar100": 100, "simple_animals": 45, "imagene
 @pytest.fixture
 def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let a test register sets without leaking them into the global registry."""
+    prompts.available()  # plugins register their sets into the global registry first, not into the copy
     monkeypatch.setattr(prompts.REGISTRY, "_entries", dict(prompts.REGISTRY._entries))
 
 

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raft_diffusion.core import ranking
 from raft_diffusion.core.ranking import first_of_group, group_ids, select
-from raft_diffusion.errors import RankingError
+from raft_diffusion.errors import ConfigError, RankingError
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
 
@@ -143,3 +144,75 @@ def test_bad_arguments(kwargs, message):
 def test_group_helpers():
     assert group_ids(2, 3) == [0, 0, 0, 1, 1, 1]
     assert first_of_group([0, 0, 1, 1, 2]) == [0, 2, 4]
+
+
+# ------------------------------------------------------------------ the strategy registry
+@pytest.fixture
+def scratch_strategies(monkeypatch):
+    """Register strategies without leaking them into the global registry."""
+    from raft_diffusion.plugins import load_plugins
+
+    load_plugins()  # plugins register into the global registry first, not into the copy
+    monkeypatch.setattr(ranking.STRATEGIES, "_entries", dict(ranking.STRATEGIES._entries))
+
+
+def _worst_per_prompt(eligible, rewards, groups, *, k, top_n, top_k):
+    """A custom strategy: the lowest reward of each prompt."""
+    return [min(members, key=lambda i: (rewards[i], i)) for members in ranking.by_group(eligible, groups).values()]
+
+
+@given(batches(), st.integers(1, 6), st.integers(1, 10))
+def test_expected_kept_is_what_select_keeps(batch, top_n, top_k):
+    rewards, groups, b, k = batch
+    top_n = min(top_n, k)  # the config refuses top_n > k
+    for name in ranking.strategy_names():
+        kept = select(rewards, groups, name, k=k, top_n=top_n, top_k=top_k).kept
+        assert len(kept) == ranking.expected_kept(name, b, k, top_n, top_k), name
+
+
+def test_custom_strategy_selects_validates_and_sizes_the_schedule(scratch_strategies):
+    from raft_diffusion.config import RaftConfig
+    from raft_diffusion.training import expected_kept_per_round
+
+    ranking.register_strategy("worst_per_prompt", _worst_per_prompt, lambda b, k, top_n, top_k: b,
+                              "the lowest reward of each prompt")
+    rewards = [3.0, 1.0, 2.0, 0.5, 5.0, 4.0]
+    sel = select(rewards, group_ids(2, 3), "worst_per_prompt", keep_mask=[True, False, True, True, True, True])
+    assert sel.kept == [2, 3] and sel.excluded == [1]  # the filter still applies before the strategy
+    assert "worst_per_prompt" in ranking.strategy_names()
+    assert ("worst_per_prompt", "the lowest reward of each prompt") in [(e.name, e.description) for e in ranking.STRATEGIES]
+    cfg = RaftConfig().replace({"ranking.strategy": "worst_per_prompt", "raft.prompts_per_round": 5})
+    assert expected_kept_per_round(cfg) == 5 == ranking.expected_kept_per_round(cfg)
+
+
+def test_duplicate_and_malformed_strategies_are_refused(scratch_strategies):
+    with pytest.raises(RankingError, match="ranking strategy 'per_prompt' is already registered"):
+        ranking.register_strategy("per_prompt", _worst_per_prompt, lambda b, k, top_n, top_k: b)
+    with pytest.raises(RankingError, match="expected_kept must be a function"):
+        ranking.register_strategy("sized", _worst_per_prompt, 4)  # type: ignore[arg-type]
+    assert "sized" not in ranking.strategy_names()
+
+
+def test_unknown_strategy_lists_every_known_one(scratch_strategies):
+    from raft_diffusion.config import RaftConfig
+
+    ranking.register_strategy("worst_per_prompt", _worst_per_prompt, lambda b, k, top_n, top_k: b)
+    known = ranking.strategy_names()
+    assert {"per_prompt", "global", "per_prompt_then_global", "worst_per_prompt"} <= set(known)
+    for call, error in (
+        (lambda: select([1.0, 2.0], [0, 0], "best"), RankingError),
+        (lambda: ranking.expected_kept("best", 4, 2), RankingError),
+        (lambda: RaftConfig().replace({"ranking.strategy": "best"}), ConfigError),
+    ):
+        with pytest.raises(error) as info:
+            call()
+        message = str(info.value)
+        assert "'best'" in message and "\n" not in message
+        assert all(name in message for name in known), message
+
+
+def test_strategy_keeping_an_excluded_sample_is_an_error(scratch_strategies):
+    ranking.register_strategy("everything", lambda eligible, rewards, groups, **kw: list(range(len(rewards))),
+                              lambda b, k, top_n, top_k: b * k)
+    with pytest.raises(RankingError, match="ranking strategy 'everything' kept sample 0, which is excluded"):
+        select([1.0, 2.0], [0, 0], "everything", keep_mask=[False, True])

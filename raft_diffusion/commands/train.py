@@ -16,7 +16,8 @@ CONFIG is a YAML file or a preset name (see --list-presets). Any field can be ov
 --section.key value (values are parsed as YAML), e.g.
   raft-diffusion train --raft.rounds 5 --raft.k 8 --sampling.height 256 --reward.scorer jpeg-compressibility
 With no CONFIG the embedded default (the 'default' preset) runs: a complete small run, offline on the CPU.
-See --help-config for every field."""
+Every CONFIG starts from the embedded default, so a file need state only what differs from it.
+See --help-config for every field and its default."""
 
 
 def register(sub: Any) -> None:

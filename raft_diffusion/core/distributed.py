@@ -23,7 +23,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -57,9 +57,9 @@ class FailureFlag:
 
     Raising at once would leave the other processes waiting in their next collective until the
     timeout, and the failing process's message would be lost. Instead: run the local work (forward,
-    backward, optimizer step) under :meth:`capture`, send :attr:`value` along with the next gradient
-    exchange (the last ``extra`` scalar of ``all_reduce_grads_``, summed) and pass the reduced value
-    to :meth:`check`; after the last exchange, :meth:`final_check` exchanges the flag once more.
+    backward, optimizer step) under :meth:`capture`, send :attr:`value` along with the next small
+    exchange (summed) and pass the reduced value to :meth:`check`, or exchange the flag alone with
+    :meth:`final_check`.
     Every process then raises at the same point: the failing one its own exception, the others
     :class:`PeerFailure`, and :meth:`Distributed.call` around the stage reports the failing
     process's message everywhere.
@@ -142,13 +142,6 @@ class Distributed:
         """In-place sum (or mean) of ``tensor`` over processes; returns it."""
         return tensor
 
-    def all_reduce_grads_(self, params: Sequence[torch.nn.Parameter], op: str = "sum", extra: Sequence[float] = ()) -> list[float]:
-        """All-reduce the gradients of ``params`` (None counts as zeros) and a few scalars in one call.
-
-        Returns the reduced ``extra`` scalars.
-        """
-        return [float(x) for x in extra]
-
     def call(self, what: str, fn: Callable[[], Any], *, main_only: bool = False) -> Any:
         """Run ``fn`` (on the main process only when ``main_only``); one process of one: just ``fn()``."""
         return fn()
@@ -230,25 +223,6 @@ class ProcessGroup(Distributed):
             tensor.copy_(buf)
         return tensor
 
-    def all_reduce_grads_(self, params: Sequence[torch.nn.Parameter], op: str = "sum", extra: Sequence[float] = ()) -> list[float]:
-        dev = self._comm_device()
-        pieces = [
-            (p.grad.detach().float().reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=p.device)).to(dev)
-            for p in params
-        ]
-        pieces.append(torch.tensor([float(x) for x in extra], dtype=torch.float32, device=dev))
-        flat = torch.cat(pieces)
-        self.all_reduce_(flat, op)
-        offset = 0
-        for p in params:
-            chunk = flat[offset:offset + p.numel()].view(p.shape).to(p.device, p.dtype if p.grad is None else p.grad.dtype)
-            if p.grad is None:
-                p.grad = chunk.clone()
-            else:
-                p.grad.copy_(chunk)
-            offset += p.numel()
-        return flat[offset:].cpu().tolist()
-
     def call(self, what: str, fn: Callable[[], Any], *, main_only: bool = False) -> Any:
         result, error, status = None, None, None
         if self.is_main or not main_only:
@@ -299,13 +273,6 @@ def get() -> Distributed:
     """The process-wide :class:`Distributed` (created on first use from the environment)."""
     global _CURRENT
     if _CURRENT is None:
-        unwrapped = [name for name, var in (("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"), ("FSDP", "ACCELERATE_USE_FSDP"))
-                     if os.environ.get(var, "").lower() == "true"]
-        if unwrapped:
-            log.warning(
-                "the accelerate config asks for %s, which raft-diffusion does not apply: the LoRA's gradients are "
-                "all-reduced by the loop and the model is not sharded (see README, DeepSpeed / FSDP)", unwrapped[0]
-            )
         if world_size_from_env() > 1:
             _CURRENT = ProcessGroup()
         else:

@@ -7,19 +7,18 @@ weights, so a run killed at any moment resumes from its last completed round.
 Multi-process runs (``accelerate launch``, see :mod:`raft_diffusion.core.distributed`): every
 process draws the same prompt batch, generates and scores the samples of its contiguous block
 of prompts with the global sample seeds and ids, then rewards/ids are gathered so ranking runs on
-the full batch everywhere; each process trains on the kept samples it generated (the backend
-all-reduces gradients); the main process alone writes the run folder, from every process's
-outputs and the ``Samples.extras`` keys the backend lists in ``gathered_extras`` (gathered to it
-in the global sample order). With one process the loop runs exactly the single-process code path.
+the full batch everywhere; the backend's ``finetune`` gets each process's kept samples and their
+place in the global kept list (:class:`TrainShard`); the main process alone writes the run folder,
+from every process's outputs and the ``Samples.extras`` keys the backend lists in
+``gathered_extras`` (gathered to it in the global sample order). One code path serves 1..N
+processes: with one, every collective is the identity.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import resource
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,8 +31,9 @@ from raft_diffusion.core import checkpoint, distributed, faults, rng
 from raft_diffusion.core.backend import Backend, Samples
 from raft_diffusion.core.distributed import Distributed, TrainShard, shard_range
 from raft_diffusion.core.ranking import Selection, group_ids, select
-from raft_diffusion.core.records import History, reward_summary, write_jsonl
-from raft_diffusion.errors import ConfigError, RaftError, RunError
+from raft_diffusion.core.records import History, reward_summary
+from raft_diffusion.core.stages import assemble_samples, peak_memory_mb, run_stage, write_samples_table
+from raft_diffusion.errors import ConfigError, RunError
 
 log = logging.getLogger(__name__)
 
@@ -59,42 +59,6 @@ class LoopSettings:
     eval_samples_per_prompt: int = 1
     keep_checkpoints: int | None = 2
     kl_beta: float = 0.0
-
-
-def _peak_memory_mb() -> dict[str, float]:
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 if sys.platform != "darwin" else 1024.0**2)}
-    if torch.cuda.is_available():
-        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        torch.cuda.reset_peak_memory_stats()
-    return out
-
-
-def _stage(round_index: int, what: str, fn: Callable[[], Any]) -> Any:
-    """Run one stage; any failure becomes an error naming the round and the stage."""
-    try:
-        return fn()
-    except RaftError as exc:
-        exc.args = (f"round {round_index}, {what}: {exc}",)
-        raise
-    except torch.OutOfMemoryError as exc:
-        raise RunError(
-            f"round {round_index}, {what}: out of memory ({str(exc).splitlines()[0]}); lower the batch size "
-            "or enable memory options; completed rounds are on disk (resume with --resume latest)"
-        ) from exc
-    except OSError as exc:
-        raise RunError(f"round {round_index}, {what}: {exc}; completed rounds are on disk (resume with --resume latest)") from exc
-    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        raise RunError(f"round {round_index}, {what} failed: {type(exc).__name__}: {exc}") from exc
-
-
-def write_samples_table(round_dir: Path, samples: Samples, rewards: Sequence[float], selection: Selection) -> None:
-    """``round_dir/samples.jsonl``: id, prompt, group, seed, reward, kept, excluded of every sample."""
-    kept, excluded = set(selection.kept), set(selection.excluded)
-    write_jsonl(round_dir / "samples.jsonl", [
-        {"id": samples.ids[i], "prompt": samples.texts[i], "group": samples.groups[i], "seed": samples.seeds[i],
-         "reward": rewards[i], "kept": i in kept, "excluded": i in excluded}
-        for i in range(len(samples))
-    ])
 
 
 class RaftLoop:
@@ -166,13 +130,21 @@ class RaftLoop:
         ratios = list(log_ratio(samples))
         return [r - beta * lr for r, lr in zip(rewards, ratios)]
 
-    def rank(self, samples: Samples, rewards: Sequence[float]) -> Selection:
-        s = self.settings
+    def ranking_inputs(self, samples: Samples, rewards: Sequence[float]) -> tuple[list[float], list[bool] | None]:
+        """(the rewards ranking sees, the filter's keep flags or None) of ``samples``."""
         mask = self.sample_filter(samples, rewards) if self.sample_filter else None
-        return select(
-            self.selection_rewards(samples, rewards), samples.groups, s.strategy, k=s.k, top_n=s.top_n, top_k=s.top_k,
-            keep_mask=mask, nonfinite=s.nonfinite, labels=samples.texts,
-        )
+        return self.selection_rewards(samples, rewards), (None if mask is None else [bool(x) for x in mask])
+
+    def select(self, sel_rewards: Sequence[float], mask: Sequence[bool] | None, groups: Sequence[int],
+               labels: Sequence[str]) -> Selection:
+        """The kept samples under the configured strategy (:func:`~raft_diffusion.core.ranking.select`)."""
+        s = self.settings
+        return select(sel_rewards, groups, s.strategy, k=s.k, top_n=s.top_n, top_k=s.top_k,
+                      keep_mask=mask, nonfinite=s.nonfinite, labels=labels)
+
+    def rank(self, samples: Samples, rewards: Sequence[float]) -> Selection:
+        """Filter and rank ``samples`` of one process (the round itself ranks the gathered batch)."""
+        return self.select(*self.ranking_inputs(samples, rewards), samples.groups, samples.texts)
 
     # ----------------------------------------------------------------- state
     def _loop_state(self) -> dict[str, Any]:
@@ -200,69 +172,6 @@ class RaftLoop:
         log.info("resumed from %s: continuing at round %d", path, self.next_round)
         return True
 
-    # ----------------------------------------------------------------- eval
-    def evaluate(self, round_index: int) -> dict[str, Any] | None:
-        """Score the eval prompts with fixed seeds (paired across rounds); None when not configured."""
-        if not self.eval_prompts:
-            return None
-        if self.dist.enabled:
-            return self._evaluate_sharded(round_index)
-        k = self.settings.eval_samples_per_prompt
-        n = len(self.eval_prompts) * k
-        seeds = [rng.sample_seed(self.settings.seed + 7919, 0, i) for i in range(n)]
-        ids = [f"eval-p{i // k}-k{i % k}" for i in range(n)]
-        t0 = time.perf_counter()
-        samples = self.backend.generate(self.eval_prompts, k, seeds, ids)
-        row: dict[str, Any] = {"round": round_index}
-        for name, scorer in {self.scorer_name: self.scorer, **self.eval_scorers}.items():
-            values = self.score(samples, scorer, name)
-            row[name] = statistics.fmean(values)
-            row[f"{name}_per_prompt"] = {
-                p.text: statistics.fmean(values[j * k:(j + 1) * k]) for j, p in enumerate(self.eval_prompts)
-            }
-        row["seconds"] = time.perf_counter() - t0
-        if hasattr(self.backend, "eval_metrics"):
-            row.update(self.backend.eval_metrics(samples))
-        return row
-
-    # ----------------------------------------------------------------- rounds
-    def run_round(self, r: int) -> dict[str, Any]:
-        """One complete round; returns its metrics row."""
-        if self.dist.enabled:
-            return self._run_round_sharded(r)
-        s = self.settings
-        faults.current_round = r
-        t_round = time.perf_counter()
-        batch = _stage(r, "prompts", lambda: self.stream.next_batch())
-        n = len(batch) * s.k
-        seeds = [rng.sample_seed(s.seed, r, i) for i in range(n)]
-        ids = [f"r{r}-p{i // s.k}-k{i % s.k}" for i in range(n)]
-
-        t0 = time.perf_counter()
-        samples = _stage(r, "generation", lambda: self.backend.generate(batch, s.k, seeds, ids))
-        assert len(samples) == n and samples.groups == group_ids(len(batch), s.k), "backend broke the layout"
-        t_gen = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        rewards = _stage(r, f"scoring with {self.scorer_name!r}", lambda: self.score(samples))
-        t_score = time.perf_counter() - t0
-
-        selection = _stage(r, "ranking", lambda: self.rank(samples, rewards))
-        if not selection.kept:
-            raise RunError(f"round {r}: no sample survived the filter/ranking; loosen the filter")
-
-        t0 = time.perf_counter()
-        train_stats = _stage(r, "fine-tuning", lambda: self.backend.finetune(samples, selection.kept))
-        t_train = time.perf_counter() - t0
-        self._debug_dump(r)
-
-        round_dir = self.run_dir / "rounds" / f"round-{r:04d}"
-        round_dir.mkdir(parents=True, exist_ok=True)
-        write_samples_table(round_dir, samples, rewards, selection)
-        extra = _stage(r, "writing artifacts", lambda: self.backend.write_round_artifacts(round_dir, samples, rewards, selection.kept)) or {}
-
-        return self._row(r, samples, rewards, selection, train_stats, extra, (t_gen, t_score, t_train), t_round)
-
     def _row(self, r: int, samples: Samples, rewards: Sequence[float], selection: Selection,
              train_stats: dict[str, Any], extra: dict[str, Any], times: tuple[float, float, float], t_round: float) -> dict[str, Any]:
         """The round's metrics row (``times`` = generate, score, train seconds)."""
@@ -272,7 +181,7 @@ class RaftLoop:
         row.update({f"train_{k}": v for k, v in train_stats.items()})
         row.update(extra)
         row.update(dict(zip(("time_generate_s", "time_score_s", "time_train_s"), times)))
-        row.update(_peak_memory_mb())
+        row.update(peak_memory_mb())
         row["time_round_s"] = time.perf_counter() - t_round
         return row
 
@@ -281,14 +190,14 @@ class RaftLoop:
         s = self.settings
         self._main_only("creating the run folder", lambda: self.run_dir.mkdir(parents=True, exist_ok=True))
         if self.next_round == 1 and not self.history.evals:
-            baseline = self._eval_stage(0, "baseline evaluation")
+            baseline = self.evaluate(0, "baseline evaluation")
             if baseline is not None:
                 self.history.evals.append(baseline)
                 self._main_only("writing metrics", lambda: self.history.write(self.run_dir))
         for r in range(self.next_round, s.rounds + 1):
             row = self.run_round(r)
             if s.eval_every and (r % s.eval_every == 0 or r == s.rounds):
-                ev = self._eval_stage(r, "evaluation")
+                ev = self.evaluate(r)
                 if ev is not None:
                     self.history.evals.append(ev)
             self.history.rounds.append(row)
@@ -308,12 +217,12 @@ class RaftLoop:
                 self._main_only(f"round {r}, the on_round callback", lambda: on_round(r, self.history))
         return self.history
 
-    # ----------------------------------------------------------------- multi-process
+    # ----------------------------------------------------------------- collectives
     def _synced(self, r: int, what: str, fn: Callable[[], Any], main_only: bool = False) -> Any:
         """``_stage`` on one process; on several, a failure anywhere stops every process (see Distributed.call)."""
         if not self.dist.enabled:
-            return _stage(r, what, fn)
-        return self.dist.call(f"round {r}, {what}", lambda: _stage(r, what, fn), main_only=main_only)
+            return run_stage(r, what, fn)
+        return self.dist.call(f"round {r}, {what}", lambda: run_stage(r, what, fn), main_only=main_only)
 
     def _main_only(self, what: str, fn: Callable[[], Any]) -> Any:
         """Run a shared-file write on the main process only; the others wait for its outcome."""
@@ -326,11 +235,6 @@ class RaftLoop:
             return self.dist.gather_object(obj) if to_main else self.dist.all_gather_object(obj)
         except Exception as exc:  # noqa: BLE001 - a dead peer or a timeout
             raise RunError(f"round {r}, {what}: process {self.dist.rank} lost contact with the other processes ({exc})") from exc
-
-    def _eval_stage(self, r: int, what: str) -> dict[str, Any] | None:
-        if not self.dist.enabled:
-            return _stage(r, what, lambda: self.evaluate(r))
-        return self._evaluate_sharded(r, what)
 
     def _debug_dump(self, r: int) -> None:
         """With RAFT_DIFFUSION_DIST_DUMP=DIR, every process saves its backend state after round r's training."""
@@ -349,13 +253,6 @@ class RaftLoop:
         assert len(samples) == len(idx) and samples.groups == group_ids(hi - lo, k), "backend broke the layout"
         return samples, lo * k
 
-    @staticmethod
-    def _concat_outputs(parts: Sequence[Any]) -> Any:
-        parts = [p for p in parts if p is not None]
-        if parts and isinstance(parts[0], torch.Tensor):
-            return torch.cat(parts)
-        return [x for p in parts for x in p]
-
     def _gathered_keys(self) -> tuple[str, ...]:
         """The ``Samples.extras`` keys the backend needs on the main process (``Backend.gathered_extras``)."""
         return tuple(getattr(self.backend, "gathered_extras", ()) or ())
@@ -368,22 +265,13 @@ class RaftLoop:
         return samples.outputs, {k: samples.extras[k] for k in self._gathered_keys() if k in samples.extras}
 
     def _assemble(self, parts: Sequence[Any], n: int) -> tuple[Any, dict[str, Any]]:
-        """(outputs, gathered extras) of all ``n`` samples in the global order, from :meth:`_for_main` of
-        every process (rank order = the order of the contiguous prompt blocks)."""
-        parts = [p for p in parts if p is not None]
-        outputs = self._concat_outputs([p[0] for p in parts])
-        extras: dict[str, Any] = {}
-        for key in self._gathered_keys():
-            if any(key not in p[1] for p in parts):
-                raise RunError(f"the {self.backend.name} backend lists {key!r} in gathered_extras but its samples have no such extras")
-            value = self._concat_outputs([p[1][key] for p in parts])
-            if len(value) != n:
-                raise RunError(f"gathered extras {key!r} hold {len(value)} entries for {n} samples; they must be per-sample")
-            extras[key] = value
-        return outputs, extras
+        """(outputs, gathered extras) of all ``n`` samples in the global order (see :func:`assemble_samples`)."""
+        return assemble_samples(parts, n, self._gathered_keys(), self.backend.name)
 
-    def _run_round_sharded(self, r: int) -> dict[str, Any]:
-        """One round over several processes (prompts sharded by contiguous blocks; see the module doc)."""
+    # ----------------------------------------------------------------- rounds
+    def run_round(self, r: int) -> dict[str, Any]:
+        """One complete round on 1..N processes (prompts sharded by contiguous blocks; see the module
+        doc); returns its metrics row. On one process every collective is the identity."""
         s, d = self.settings, self.dist
         faults.current_round = r
         t_round = time.perf_counter()
@@ -404,11 +292,7 @@ class RaftLoop:
         rewards_local = self._synced(r, f"scoring with {self.scorer_name!r}", lambda: self.score(samples))
         t_score = time.perf_counter() - t0
 
-        def ranking_inputs() -> tuple[list[float], list[bool] | None]:
-            mask = self.sample_filter(samples, rewards_local) if self.sample_filter else None
-            return self.selection_rewards(samples, rewards_local), (None if mask is None else [bool(x) for x in mask])
-
-        sel_local, mask_local = self._synced(r, "ranking", ranking_inputs)
+        sel_local, mask_local = self._synced(r, "ranking", lambda: self.ranking_inputs(samples, rewards_local))
         parts = self._gather(r, "gathering rewards", (rewards_local, sel_local, mask_local, list(samples.ids)))
         rewards = [x for p in parts for x in p[0]]
         sel_rewards = [x for p in parts for x in p[1]]
@@ -418,10 +302,7 @@ class RaftLoop:
             raise RunError(f"round {r}: the processes' samples do not line up with the global batch (ids differ); a backend bug")
         per_sample = [p for p in batch for _ in range(s.k)]
         view = Samples(prompts=per_sample, groups=group_ids(b, s.k), ids=ids_all, seeds=seeds_all, outputs=None)
-        selection = self._synced(r, "ranking", lambda: select(
-            sel_rewards, view.groups, s.strategy, k=s.k, top_n=s.top_n, top_k=s.top_k,
-            keep_mask=mask, nonfinite=s.nonfinite, labels=view.texts,
-        ))
+        selection = self._synced(r, "ranking", lambda: self.select(sel_rewards, mask, view.groups, view.texts))
         if not selection.kept:
             raise RunError(f"round {r}: no sample survived the filter/ranking; loosen the filter")
 
@@ -429,7 +310,9 @@ class RaftLoop:
         kept_local = [g - offset for g in selection.kept if g in mine]
         shard = TrainShard(total=len(selection.kept), positions=[p for p, g in enumerate(selection.kept) if g in mine])
         t0 = time.perf_counter()
-        train_stats = self._synced(r, "fine-tuning", lambda: self.backend.finetune(samples, kept_local, shard=shard))
+        # a backend without multi-process support (the loop refuses it under several) takes no shard
+        extra_args = {"shard": shard} if getattr(self.backend, "supports_distributed", False) else {}
+        train_stats = self._synced(r, "fine-tuning", lambda: self.backend.finetune(samples, kept_local, **extra_args))
         t_train = time.perf_counter() - t0
         self._debug_dump(r)
 
@@ -448,11 +331,14 @@ class RaftLoop:
         extra = self._gather(r, "sharing artifact metrics", extra)[0] or {}
 
         row = self._row(r, view, rewards, selection, train_stats, extra, (t_gen, t_score, t_train), t_round)
-        row["n_processes"] = d.world_size
+        if d.enabled:
+            row["n_processes"] = d.world_size
         return row
 
-    def _evaluate_sharded(self, round_index: int, what: str = "evaluation") -> dict[str, Any] | None:
-        """:meth:`evaluate` over several processes: eval prompts sharded, scores gathered, same row everywhere."""
+    # ----------------------------------------------------------------- eval
+    def evaluate(self, round_index: int, what: str = "evaluation") -> dict[str, Any] | None:
+        """Score the eval prompts with fixed seeds (paired across rounds; sharded over the processes,
+        the same row everywhere); None when not configured."""
         if not self.eval_prompts:
             return None
         r = round_index

@@ -1,4 +1,4 @@
-"""The Stable Diffusion backend of the round loop: generate, fine-tune the UNet LoRA, save."""
+"""The diffusion backend of the round loop: generate, fine-tune the denoiser LoRA, save; any model family."""
 
 from __future__ import annotations
 
@@ -18,15 +18,17 @@ from raft_diffusion.training import expected_kept_per_round
 from raft_diffusion.diffusion import lora as lora_mod
 from raft_diffusion.diffusion import sampling
 from raft_diffusion.diffusion.finetune import LoraTrainer
-from raft_diffusion.diffusion.pipeline import load_pipeline, native_size
-from raft_diffusion.errors import ConfigError
+from raft_diffusion.diffusion.families.base import Cond, cat_cond, index_cond
+from raft_diffusion.diffusion.pipeline import load_family, make_scheduler
+from raft_diffusion.errors import ConfigError, RunError
 from raft_diffusion.report import diversity, image_grid, save_atomic_image
 
 log = logging.getLogger(__name__)
 
 
 class DiffusionBackend:
-    """Holds the pipeline, the prompt-embedding cache and the LoRA trainer."""
+    """Holds the model family (pipeline), the conditioning cache and the LoRA trainer; nothing here
+    knows a family: see :mod:`raft_diffusion.diffusion.families`."""
 
     name = "diffusion"
     #: multi-process runs: the loop shards prompts and passes ``shard`` to :meth:`finetune`
@@ -36,43 +38,49 @@ class DiffusionBackend:
         self.cfg = cfg
         self.progress = progress
         m, s = cfg.model, cfg.sampling
-        self.pipe = pipe if pipe is not None else load_pipeline(
-            m.pretrained, dtype=m.dtype, device=m.device, scheduler=s.scheduler, revision=m.revision, variant=m.variant,
-            offload=m.offload,
-        )
-        if pipe is not None and s.scheduler:
-            from raft_diffusion.diffusion.pipeline import make_scheduler
+        if pipe is not None:
+            from raft_diffusion.diffusion.families import family_for_pipeline_class, get_family
 
-            self.pipe.scheduler = make_scheduler(s.scheduler, self.pipe.scheduler.config)
+            cls = get_family(m.family) if m.family else family_for_pipeline_class(type(pipe).__name__)
+            self.family = cls(pipe)
+            if s.scheduler:
+                pipe.scheduler = make_scheduler(s.scheduler, pipe.scheduler.config)
+        else:
+            self.family = load_family(
+                m.pretrained, family=m.family, dtype=m.dtype, device=m.device, scheduler=s.scheduler,
+                revision=m.revision, variant=m.variant, offload=m.offload, options=model_options(cfg),
+            )
+        family = self.family
+        self.pipe = family.pipe
+        denoiser = family.denoiser
         if m.attention == "eager":
             from diffusers.models.attention_processor import AttnProcessor
 
-            self.pipe.unet.set_attn_processor(AttnProcessor())
-        native = native_size(self.pipe)
+            denoiser.set_attn_processor(AttnProcessor())
+        native = family.native_size()
         self.height = s.height or native
         self.width = s.width or native
-        factor = self.pipe.vae_scale_factor * 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
+        family.size = (self.height, self.width)
+        factor = family.size_factor()
         for name, v in (("height", self.height), ("width", self.width)):
             if v % factor:
-                raise ConfigError(f"sampling.{name} = {v} must be a multiple of {factor} for this model (VAE x UNet downsampling)")
-        for module in (self.pipe.vae, self.pipe.text_encoder, self.pipe.unet):
+                raise ConfigError(f"sampling.{name} = {v} must be a multiple of {factor} for this model (VAE x denoiser downsampling)")
+        for module in (*family.frozen_modules(), denoiser):
             module.requires_grad_(False)
-        # model.offload: VAE and text encoder parked on the CPU; a no-op when the UNet runs on the CPU.
-        # pipe.device is the UNet's accelerator (diffusers 0.42 prefers a non-CPU component).
-        device = self.pipe.unet.device
+        # model.offload: VAE and text encoders parked on the CPU; a no-op when the denoiser runs on the CPU.
+        # pipe.device is the denoiser's accelerator (diffusers 0.42 prefers a non-CPU component).
+        device = denoiser.device
         self.offload = sampling.Offload(device if m.offload and device.type != "cpu" else None)
-        self.offload.park(self.pipe.vae, self.pipe.text_encoder)
-        self.encoder = sampling.PromptEncoder(self.pipe, s.negative_prompt)
+        self.offload.park(*family.frozen_modules())
+        self.encoder = sampling.PromptEncoder(family, s.negative_prompt)
         lo = cfg.lora
-        lora_mod.add_lora(self.pipe.unet, lo.rank, lo.alpha, lo.dropout, lo.target_modules, lo.init, seed=cfg.raft.seed)
-        from diffusers import DDPMScheduler
-
-        noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
+        targets = lo.target_modules or list(family.default_lora_targets)
+        lora_mod.add_lora(denoiser, lo.rank, lo.alpha, lo.dropout, targets, lo.init, seed=cfg.raft.seed)
         kept = expected_kept_per_round(cfg)
         t = cfg.train
         per_round = t.steps_per_round if t.steps_per_round is not None else -(-kept // (t.batch_size * t.gradient_accumulation_steps)) * t.epochs_per_round
         uncond = self.encoder.negative(1) if t.caption_dropout else None
-        self.trainer = LoraTrainer(self.pipe.unet, noise_scheduler, t, per_round * cfg.raft.rounds, cfg.raft.seed, uncond)
+        self.trainer = LoraTrainer(family, t, per_round * cfg.raft.rounds, cfg.raft.seed, (self.height, self.width), uncond)
 
     # -------------------------------------------------------------- protocol
     def generate(self, prompts: Sequence[Prompt], k: int, seeds: Sequence[int], ids: Sequence[str]) -> Samples:
@@ -81,7 +89,7 @@ class DiffusionBackend:
         texts = [p.text for p in per_sample]
         s = self.cfg.sampling
         result = sampling.generate(
-            self.pipe, self.encoder, texts, seeds, steps=s.steps, guidance_scale=s.guidance_scale,
+            self.family, self.encoder, texts, seeds, steps=s.steps, guidance_scale=s.guidance_scale,
             height=self.height, width=self.width, batch_size=s.batch_size, eta=s.eta, progress=self.progress,
             offload=self.offload,
         )
@@ -100,36 +108,39 @@ class DiffusionBackend:
         return offloaded(scorer)
 
     def finetune(self, samples: Samples, kept: Sequence[int], shard: TrainShard | None = None) -> dict[str, float]:
-        """Train on ``samples[kept]``; with ``shard`` (several processes) these are this process's kept samples."""
-        if shard is None:
-            return self.trainer.train(*self._kept_batch(samples, kept), progress=self.progress)
-        # a failure here must reach the others before they wait in the first gradient exchange
-        flag = FailureFlag(distributed.get())
-        batch = None
+        """Train on the kept samples. ``kept``: this process's kept samples (all of them on one process);
+        ``shard`` places them in the global kept list. Every process assembles the whole kept set
+        (latents and conditioning, in the global order) and trains on it (:class:`LoraTrainer`)."""
+        shard = shard or TrainShard(total=len(kept), positions=list(range(len(kept))))
+        dist = distributed.get()
+        flag = FailureFlag(dist)  # a failure here must reach the others before the first gradient exchange
+        batch: tuple[torch.Tensor, Cond] | None = None
         with flag.capture():
             batch = self._kept_batch(samples, kept)
-        flag.final_check("preparing the kept samples for training")
-        return self.trainer.train(*batch, progress=self.progress, shard=shard)
+        parts = dist.all_gather_object((list(shard.positions), batch, flag.value))
+        flag.check(sum(p[2] for p in parts), "preparing the kept samples for training")
+        latents, cond = assemble_kept([(p[0], *p[1]) for p in parts], shard.total)
+        return self.trainer.train(latents, cond, progress=self.progress)
 
-    def _kept_batch(self, samples: Samples, kept: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(latents (M, C, h, w), prompt embeddings (M, L, D)) of the kept samples."""
+    def _kept_batch(self, samples: Samples, kept: Sequence[int]) -> tuple[torch.Tensor, Cond]:
+        """(latents (M, ...), conditioning name -> (M, ...)) of this process's kept samples."""
         faults.point("prepare")
         idx = torch.tensor(list(kept), dtype=torch.long)
         latents = samples.extras["latents"][idx]
         if not kept:
-            return latents, self.encoder(samples.texts[:1])[:0]  # owns no kept sample: still joins every all-reduce
+            return latents, index_cond(self.encoder(samples.texts[:1]), slice(0, 0))
         if self.cfg.train.latents == "encoded":
-            latents = sampling.encode_images(self.pipe.vae, samples.outputs[idx], self.offload)
+            latents = sampling.encode_images(self.family, samples.outputs[idx], self.offload)
         return latents, self.encoder([samples.texts[i] for i in kept])
 
     def save_model(self, out_dir: Path) -> None:
-        lora_mod.save_lora(self.pipe.unet, out_dir)
+        lora_mod.save_lora(self.family, out_dir)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lora": lora_mod.lora_state_dict(self.pipe.unet), "trainer": self.trainer.state_dict()}
+        return {"lora": lora_mod.lora_state_dict(self.family.denoiser), "trainer": self.trainer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        lora_mod.load_lora_state_dict(self.pipe.unet, state["lora"])
+        lora_mod.load_lora_state_dict(self.family.denoiser, state["lora"])
         self.trainer.load_state_dict(state["trainer"])
 
     def write_round_artifacts(self, round_dir: Path, samples: Samples, rewards: Sequence[float], kept: Sequence[int]) -> dict[str, Any]:
@@ -154,3 +165,20 @@ class DiffusionBackend:
     def eval_metrics(self, samples: Samples) -> dict[str, Any]:
         div = diversity(samples.outputs, samples.groups)
         return {"diversity": sum(div.values()) / len(div) if div else 0.0}
+
+
+def model_options(cfg: RaftConfig) -> dict[str, Any]:
+    """The family-specific model options of ``cfg.model`` (fields a family's ``load_kwargs`` may read)."""
+    return dict(cfg.model.__dict__)
+
+
+def assemble_kept(parts: Sequence[tuple[Sequence[int], torch.Tensor, Cond]], total: int) -> tuple[torch.Tensor, Cond]:
+    """The whole kept set in the global kept order, from every process's (positions, latents, cond)."""
+    positions = [p for part in parts for p in part[0]]
+    if sorted(positions) != list(range(total)):
+        raise RunError(f"the processes' kept samples do not cover the {total} kept samples once each; a loop bug")
+    latents = torch.cat([part[1] for part in parts])
+    cond = cat_cond([part[2] for part in parts])
+    order = torch.empty(total, dtype=torch.long)
+    order[torch.tensor(positions, dtype=torch.long)] = torch.arange(total)
+    return latents[order], index_cond(cond, order)

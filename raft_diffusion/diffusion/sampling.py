@@ -1,8 +1,8 @@
-"""Batched K-per-prompt generation: images, final latents and cached prompt embeddings.
+"""Batched K-per-prompt generation through a model family: images, final latents, cached conditioning.
 
 Each sample has its own seed, so an image depends only on (prompt, seed), not on the batch it
-was drawn in. The pipeline returns latents (``output_type="latent"``), which are already in the
-scaled latent space SD trains in; we decode them once for the scorer and keep them for training.
+was drawn in. The pipeline returns latents (``output_type="latent"``) in the family's training
+space; we decode them once for the scorer and keep them for training. Nothing here knows a family.
 
 :class:`Offload` (``model.offload``) keeps the VAE on the CPU except while it decodes: the
 latents of a whole :func:`generate` call are decoded in one visit of the VAE to the device.
@@ -11,6 +11,7 @@ latents of a whole :func:`generate` call are decoded in one visit of the VAE to 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -19,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from raft_diffusion.core import faults
+from raft_diffusion.diffusion.families.base import Cond, ModelFamily, cond_to
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
@@ -58,67 +60,51 @@ class Offload:
 
 
 class PromptEncoder:
-    """Frozen text-encoder outputs, computed once per distinct prompt and kept on the CPU.
+    """Frozen conditioning (:meth:`ModelFamily.encode_prompts`), computed once per distinct prompt
+    and kept on the CPU. Encoding runs wherever the text encoders are (the CPU under ``model.offload``)."""
 
-    Encoding runs wherever the text encoder is: on the CPU when ``model.offload`` parked it there.
-    """
-
-    def __init__(self, pipe: Any, negative_prompt: str | None = None) -> None:
-        self.pipe = pipe
+    def __init__(self, family: ModelFamily, negative_prompt: str | None = None) -> None:
+        self.family = family
         self.negative_prompt = negative_prompt or ""
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache: dict[str, Cond] = {}
 
-    @torch.inference_mode()
-    def _encode(self, texts: list[str]) -> torch.Tensor:
-        # the text encoder's own device, not pipe.device (which reports the UNet's accelerator)
-        embeds, _ = self.pipe.encode_prompt(texts, self.pipe.text_encoder.device, 1, False)
-        return embeds.detach().to("cpu")
-
-    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
-        """(len(texts), L, D) embeddings in the text encoder's dtype."""
+    def __call__(self, texts: Sequence[str]) -> Cond:
+        """The conditioning of ``texts``: name -> (len(texts), ...) in the text encoders' dtype."""
         missing = sorted({t for t in texts if t not in self._cache})
         if missing:
-            for t, e in zip(missing, self._encode(missing)):
-                self._cache[t] = e
-        return torch.stack([self._cache[t] for t in texts])
+            encoded = self.family.encode_prompts(missing)
+            for j, t in enumerate(missing):
+                self._cache[t] = {k: v[j] for k, v in encoded.items()}
+        rows = [self._cache[t] for t in texts]
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
-    def negative(self, n: int) -> torch.Tensor:
-        """(n, L, D) embeddings of the negative (by default empty) prompt."""
-        return self([self.negative_prompt])[0].expand(n, -1, -1)
+    def negative(self, n: int) -> Cond:
+        """The conditioning of the negative (by default empty) prompt, ``n`` rows (expanded, not copied)."""
+        return {k: v.expand(n, *v.shape[1:]) for k, v in self([self.negative_prompt]).items()}
 
 
 @dataclass
 class GenerationResult:
-    """images: (N, 3, H, W) float32 [0, 1] CPU. latents: (N, C, h, w) float32 CPU (scaled)."""
+    """images: (N, 3, H, W) float32 [0, 1] CPU. latents: (N, ...) float32 CPU, in the family's training space."""
 
     images: torch.Tensor
     latents: torch.Tensor
 
 
-@torch.inference_mode()
-def decode_latents(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
-    """Scaled latents (N, C, h, w) -> images (N, 3, H, W) float32 in [0, 1]."""
-    vae = pipe.vae
-    x = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
-    images = vae.decode(x, return_dict=False)[0]
-    return (images.float() / 2 + 0.5).clamp(0, 1)
+def encode_images(family: ModelFamily, images: torch.Tensor, offload: Offload | None = None, batch_size: int = 8) -> torch.Tensor:
+    """Images (N, 3, H, W) in [0, 1] -> training-space latents float32 CPU (:meth:`ModelFamily.encode`),
+    the VAE on the device only meanwhile under ``offload``."""
+    with (offload or Offload()).onto(family.vae):
+        return family.encode(images, batch_size)
 
 
-@torch.inference_mode()
-def encode_images(vae: Any, images: torch.Tensor, offload: Offload | None = None, batch_size: int = 8) -> torch.Tensor:
-    """Images (N, 3, H, W) in [0, 1] -> scaled latents (N, C, h, w) float32 CPU: the VAE posterior's
-    mean times ``scaling_factor`` (what ``decode_latents`` inverts)."""
-    out = []
-    with (offload or Offload()).onto(vae):
-        for start in range(0, len(images), batch_size):
-            x = images[start:start + batch_size].to(device=vae.device, dtype=vae.dtype) * 2 - 1
-            out.append(vae.encode(x).latent_dist.mean.float().cpu() * vae.config.scaling_factor)
-    return torch.cat(out)
+def _accepts(pipe: Any, name: str) -> bool:
+    return name in inspect.signature(type(pipe).__call__).parameters
 
 
 @torch.inference_mode()
 def generate(
-    pipe: Any,
+    family: ModelFamily,
     encoder: PromptEncoder,
     texts: Sequence[str],
     seeds: Sequence[int],
@@ -139,27 +125,29 @@ def generate(
     Images are the same either way (decoding depends only on the latent).
     """
     assert len(texts) == len(seeds), "one seed per sample"
+    pipe = family.pipe
     deferred = offload is not None and offload.active
     images, latents = [], []
-    cfg = guidance_scale > 1.0
+    guided = guidance_scale > 1.0 and family.uses_negative
+    extra = {"eta": eta} if _accepts(pipe, "eta") else {}
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc="generating", unit="batch", disable=not progress, leave=False):
         chunk = list(texts[start:start + batch_size])
         gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds[start:start + batch_size]]
-        embeds = encoder(chunk).to(pipe.device)
+        cond = cond_to(encoder(chunk), pipe.device)
+        negative = cond_to(encoder.negative(len(chunk)), pipe.device) if guided else None
         out = pipe(
-            prompt_embeds=embeds,
-            negative_prompt_embeds=encoder.negative(len(chunk)).to(pipe.device) if cfg else None,
+            **family.pipeline_inputs(cond, negative),
             height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale,
-            eta=eta, generator=gens, output_type="latent", return_dict=False,
+            generator=gens, output_type="latent", return_dict=False, **extra,
         )[0]
         latents.append(out.float().cpu())
         if not deferred:
-            images.append(decode_latents(pipe, out).cpu())
+            images.append(family.decode(out).cpu())
         faults.point("generate")
     if deferred:
         assert offload is not None
-        # the float32 CPU copies round-trip exactly to the pipeline's (VAE's) dtype in decode_latents
-        with offload.onto(pipe.vae):
-            images = [decode_latents(pipe, chunk).cpu() for chunk in latents]
+        # the float32 CPU copies round-trip exactly to the pipeline's (VAE's) dtype in decode
+        with offload.onto(family.vae):
+            images = [family.decode(chunk).cpu() for chunk in latents]
     return GenerationResult(torch.cat(images), torch.cat(latents))

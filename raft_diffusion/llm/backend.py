@@ -30,7 +30,7 @@ from prompts.types import Prompt
 from raft_diffusion.config import RaftConfig
 from raft_diffusion.core import distributed
 from raft_diffusion.core.backend import Samples
-from raft_diffusion.core.distributed import PeerFailure, TrainShard
+from raft_diffusion.core.distributed import FailureFlag, TrainShard
 from raft_diffusion.core.ranking import group_ids
 from raft_diffusion.errors import ModelError, RunError
 from raft_diffusion.llm import logprob, sampling
@@ -41,8 +41,6 @@ from raft_diffusion.training import expected_kept_per_round
 log = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"
-#: lora.target_modules defaults to the UNet's; for a causal LM that default means "auto".
-UNET_DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 #: Tried in order when peft knows no default for the architecture.
 FALLBACK_TARGETS = (["q_proj", "v_proj"], ["c_attn"], ["query_key_value"], ["Wqkv"], ["qkv_proj"])
 #: Eval-prompt metadata keys holding a reference answer (held-out perplexity).
@@ -52,11 +50,11 @@ EXTRA_KEYS = ("prompt_ids", "response_ids", "finished")
 
 
 def resolve_target_modules(model: Any, targets: Sequence[str]) -> list[str]:
-    """The LoRA target modules: as given, or for "auto" (or the UNet default) the architecture's
+    """The LoRA target modules: as given, or for "auto" (or none given) the architecture's
     attention projections (peft's default mapping, else the first of FALLBACK_TARGETS present)."""
     names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"]
     targets = list(targets)
-    if targets in (["auto"], UNET_DEFAULT_TARGETS):
+    if targets in (["auto"], []):
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as MAPPING
 
         candidates = [MAPPING[model.config.model_type]] if model.config.model_type in MAPPING else []
@@ -143,41 +141,27 @@ class LLMBackend:
         )
 
     def finetune(self, samples: Samples, kept: Sequence[int], shard: TrainShard | None = None) -> dict[str, float]:
-        """SFT on ``samples[kept]``; with ``shard`` (several processes) these are this process's kept samples."""
-        if shard is not None:
-            return self._finetune_sharded(samples, kept, shard)
-        ex = samples.extras
-        return self.trainer.train([ex["prompt_ids"][i] for i in kept], [ex["response_ids"][i] for i in kept], progress=self.progress)
-
-    def _finetune_sharded(self, samples: Samples, kept: Sequence[int], shard: TrainShard) -> dict[str, float]:
-        """Exchange label-token counts (and prompt-truncation counts), then train this process's share."""
+        """SFT on the kept samples. ``kept``: this process's (all of them on one process); ``shard``
+        places them in the global kept list. Every process assembles the whole kept set (token ids in
+        the global order, and the prompt-truncation counts) and trains on it (:class:`SFTTrainer`)."""
+        shard = shard or TrainShard(total=len(kept), positions=list(range(len(kept))))
         dist = distributed.get()
-        error: BaseException | None = None
-        prompt_ids: list[list[int]] = []
-        response_ids: list[list[int]] = []
-        counts: list[int] = []
-        try:
+        flag = FailureFlag(dist)  # a failure here must reach the others before the first exchange
+        pairs: list[tuple[list[int], list[int]]] = []
+        with flag.capture():
             ex = samples.extras
-            prompt_ids = [ex["prompt_ids"][i] for i in kept]
-            response_ids = [ex["response_ids"][i] for i in kept]
-            counts = logprob.label_counts(prompt_ids, response_ids, self.cfg.train.mask_prompt)
-        except Exception as exc:  # noqa: BLE001 - the other processes learn of it through the exchange
-            error = exc
-        parts = dist.all_gather_object((list(shard.positions), counts, self._truncated_unshared, error is not None))
-        if any(p[3] for p in parts):
-            if error is not None:
-                raise error
-            raise PeerFailure("fine-tuning: another process failed while preparing its samples")
-        label_counts: list[int | None] = [None] * shard.total
-        for positions, part_counts, _, _ in parts:
-            for pos, n in zip(positions, part_counts):
-                label_counts[pos] = n
-        if any(n is None for n in label_counts) or sum(len(p[0]) for p in parts) != shard.total:
+            pairs = [(list(ex["prompt_ids"][i]), list(ex["response_ids"][i])) for i in kept]
+        parts = dist.all_gather_object((list(shard.positions), pairs, self._truncated_unshared, flag.value))
+        flag.check(sum(p[3] for p in parts), "preparing the kept samples for training")
+        ordered: list[tuple[list[int], list[int]] | None] = [None] * shard.total
+        for positions, part, _, _ in parts:
+            for pos, pair in zip(positions, part):
+                ordered[pos] = pair
+        if any(x is None for x in ordered) or sum(len(p[0]) for p in parts) != shard.total:
             raise RunError(f"the processes' kept samples do not cover the {shard.total} kept samples once each; a loop bug")
         self.prompts_truncated += sum(p[2] for p in parts) - self._truncated_unshared
         self._truncated_unshared = 0
-        return self.trainer.train(prompt_ids, response_ids, progress=self.progress, shard=shard,
-                                  label_counts=[int(n) for n in label_counts if n is not None])
+        return self.trainer.train([x[0] for x in ordered if x], [x[1] for x in ordered if x], progress=self.progress)
 
     def log_ratio(self, samples: Samples) -> list[float]:
         """log p_model(y|x) - log p_initial(y|x) per sample (summed over response tokens incl. eos)."""

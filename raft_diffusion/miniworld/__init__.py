@@ -7,27 +7,20 @@ The committed models live in ``assets/`` (see ``assets/FIGURES.md``)::
     assets/clip/        CLIPModel + CLIPTokenizer + CLIPImageProcessor (save_pretrained)
     assets/aesthetic/   head.safetensors + config.json (scorers.aesthetic_head.AestheticMLP)
 
-Importing this package is cheap: the world has no heavy dependency beyond torch.
+Importing this package is cheap: the world (and torch) load on first use of one of its names.
+The miniworld plugs into raft-diffusion as a plugin would (:mod:`raft_diffusion.miniworld.plugin`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from raft_diffusion.miniworld.world import (
-    NATIVE_RESOLUTION,
-    OOD_COMBOS,
-    Scene,
-    WorldObject,
-    caption,
-    heldout_scenes,
-    in_domain_prompts,
-    out_of_domain_prompts,
-    parse_prompt,
-    render,
-    render_batch,
-    sample_scene,
-    stream,
+#: Names re-exported from :mod:`raft_diffusion.miniworld.world`, imported (with torch) on first use,
+#: so the plugin that registers the miniworld costs no torch import.
+_WORLD = (
+    "NATIVE_RESOLUTION", "OOD_COMBOS", "Scene", "WorldObject", "caption", "heldout_scenes", "in_domain_prompts",
+    "out_of_domain_prompts", "parse_prompt", "render", "render_batch", "sample_scene", "stream",
 )
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -53,6 +46,14 @@ def clip_path() -> Path:
 def aesthetic_path() -> Path:
     """Folder of the aesthetic head: ``head.safetensors`` + ``config.json``."""
     return ASSETS / "aesthetic"
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WORLD:
+        from raft_diffusion.miniworld import world
+
+        return getattr(world, name)
+    raise AttributeError(f"module 'raft_diffusion.miniworld' has no attribute {name!r}")
 
 
 __all__ = [

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from raft_diffusion.miniworld import common, world
-from raft_diffusion.miniworld.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, build_tokenizer, slim_tokenizer_folder
+from raft_diffusion.diffusion.tokenizers import BOS_ID, EOS_ID, VOCAB_SIZE, build_tokenizer, slim_tokenizer_folder
 
 log = logging.getLogger(__name__)
 

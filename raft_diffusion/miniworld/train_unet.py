@@ -90,7 +90,7 @@ def save_pipeline(unet, vae, text_encoder, tokenizer, out_dir: Path) -> None:
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     pipe.save_pretrained(tmp, safe_serialization=True)
     common.halve_embeddings(tmp / "text_encoder" / "model.safetensors")
-    from raft_diffusion.miniworld.tokenizer import slim_tokenizer_folder
+    from raft_diffusion.diffusion.tokenizers import slim_tokenizer_folder
 
     slim_tokenizer_folder(tmp / "tokenizer")
     for sub in ("unet", "vae"):  # float16 storage keeps the assets small; loaded back as float32

@@ -1,15 +1,21 @@
-"""``raft-diffusion miniworld build|evaluate``: train the miniworld models, or print their figures."""
+"""``raft-diffusion miniworld build|evaluate``: train the miniworld models, or print their figures.
+
+A plugin command: :mod:`raft_diffusion.miniworld.plugin` registers it with
+:func:`raft_diffusion.plugins.register_command`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
+    """Add the ``miniworld`` parser with its ``build`` and ``evaluate`` actions."""
     parser = subparsers.add_parser(
         "miniworld",
         help="build or evaluate the miniworld (miniature SD, CLIP and aesthetic predictor)",
@@ -30,6 +36,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``build`` or ``evaluate``; no action prints the help (exit 2)."""
     from pathlib import Path
 
     from raft_diffusion.errors import ConfigError, ModelError

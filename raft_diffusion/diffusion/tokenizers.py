@@ -1,4 +1,5 @@
-"""The real CLIP BPE tokenizer (49,408 tokens), built offline from the BPE file open_clip ships.
+"""Tokenizers and text encoders built offline for tiny test pipelines: the real CLIP BPE tokenizer
+(49,408 tokens) from the BPE file open_clip ships.
 
 open_clip's ``bpe_simple_vocab_16e6.txt.gz`` is the merge list OpenAI CLIP was trained with. The
 vocabulary is the 256 byte symbols, the same with ``</w>``, one token per merge (48,894 merges) and
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +89,23 @@ def slim_tokenizer_folder(folder: str | Path) -> None:
     folder = Path(folder)
     (folder / "tokenizer.json").unlink(missing_ok=True)
     write_vocab_files(folder)
+
+
+def tiny_clip_text_encoder(hidden_size: int = 8, with_projection: bool = False, projection_dim: int = 8,
+                           max_length: int = 16) -> tuple[Any, Any]:
+    """(the real CLIP tokenizer cut to ``max_length`` tokens, a tiny random CLIP text encoder) for
+    tiny test pipelines; ``with_projection`` gives a ``CLIPTextModelWithProjection`` (SDXL's second
+    encoder, SD3's CLIP encoders)."""
+    import tempfile
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = build_tokenizer(tmp, model_max_length=max_length)
+    config = CLIPTextConfig(
+        hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_attention_heads=2, num_hidden_layers=2,
+        vocab_size=len(tokenizer), max_position_embeddings=max_length, projection_dim=projection_dim,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
+    return tokenizer, model

@@ -1,0 +1,78 @@
+"""A round's stages run with clear errors (the failure names the round and the stage), the records a
+stage writes (the samples table, peak memory), and the assembly of per-process samples."""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from raft_diffusion.core.backend import Samples
+from raft_diffusion.core.ranking import Selection
+from raft_diffusion.core.records import write_jsonl
+from raft_diffusion.errors import RaftError, RunError
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak RSS of this process (and peak CUDA memory since the last call, when a GPU is present), MiB."""
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024.0 if sys.platform != "darwin" else 1024.0**2)}
+    if torch.cuda.is_available():
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+    return out
+
+
+def run_stage(round_index: int, what: str, fn: Callable[[], Any]) -> Any:
+    """Run one stage; any failure becomes an error naming the round and the stage."""
+    try:
+        return fn()
+    except RaftError as exc:
+        exc.args = (f"round {round_index}, {what}: {exc}",)
+        raise
+    except torch.OutOfMemoryError as exc:
+        raise RunError(
+            f"round {round_index}, {what}: out of memory ({str(exc).splitlines()[0]}); lower the batch size "
+            "or enable memory options; completed rounds are on disk (resume with --resume latest)"
+        ) from exc
+    except OSError as exc:
+        raise RunError(f"round {round_index}, {what}: {exc}; completed rounds are on disk (resume with --resume latest)") from exc
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise RunError(f"round {round_index}, {what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def write_samples_table(round_dir: Path, samples: Samples, rewards: Sequence[float], selection: Selection) -> None:
+    """``round_dir/samples.jsonl``: id, prompt, group, seed, reward, kept, excluded of every sample."""
+    kept, excluded = set(selection.kept), set(selection.excluded)
+    write_jsonl(round_dir / "samples.jsonl", [
+        {"id": samples.ids[i], "prompt": samples.texts[i], "group": samples.groups[i], "seed": samples.seeds[i],
+         "reward": rewards[i], "kept": i in kept, "excluded": i in excluded}
+        for i in range(len(samples))
+    ])
+
+
+def concat_outputs(parts: Sequence[Any]) -> Any:
+    """Per-sample outputs of several processes, in order: tensors concatenated, lists joined."""
+    parts = [p for p in parts if p is not None]
+    if parts and isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    return [x for p in parts for x in p]
+
+
+def assemble_samples(parts: Sequence[Any], n: int, keys: Sequence[str], backend: str) -> tuple[Any, dict[str, Any]]:
+    """(outputs, extras ``keys``) of all ``n`` samples in the global order, from every process's
+    ``(outputs, extras)`` (None for a process with no sample; rank order = the order of the
+    contiguous prompt blocks)."""
+    parts = [p for p in parts if p is not None]
+    outputs = concat_outputs([p[0] for p in parts])
+    extras: dict[str, Any] = {}
+    for key in keys:
+        if any(key not in p[1] for p in parts):
+            raise RunError(f"the {backend} backend lists {key!r} in gathered_extras but its samples have no such extras")
+        value = concat_outputs([p[1][key] for p in parts])
+        if len(value) != n:
+            raise RunError(f"gathered extras {key!r} hold {len(value)} entries for {n} samples; they must be per-sample")
+        extras[key] = value
+    return outputs, extras

@@ -1,0 +1,87 @@
+"""The miniworld as a raft-diffusion plugin: its model alias, scorers, prompt sets and CLI command.
+
+Registered through the entry point a third-party package would use (pyproject.toml)::
+
+    [project.entry-points."raft_diffusion.plugins"]
+    miniworld = "raft_diffusion.miniworld.plugin:register"
+
+Nothing here imports torch, transformers or the world until a scorer or prompt set is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raft_diffusion.miniworld import aesthetic_path, clip_path, pipeline_path
+
+SCORERS = {
+    "miniworld-clip": "CLIP score max(100*cos, 0) on the miniworld's tiny CLIP (same code as clip-score-hf); offline",
+    "miniworld-aesthetic": "miniworld aesthetic predictor: head on the tiny CLIP's normalised embeddings "
+                           "(same code as aesthetic-v2), 1-10; offline",
+    "miniworld-fidelity": "miniworld: (shape named right + colour named right) / 2 by the tiny CLIP, zero-shot; "
+                          "in {0, 0.5, 1}",
+}
+PROMPT_SETS = {
+    "miniworld": "the miniworld's in-domain prompts ('a red circle', ...: 16 colour/shape pairs)",
+    "miniworld-ood": "the miniworld's out-of-domain prompts (8 colour/shape pairs never seen in pretraining)",
+}
+
+
+def miniworld_clip(**kwargs: Any) -> Any:
+    """The ``miniworld-clip`` scorer: ``clip-score-hf`` on the miniworld CLIP."""
+    from scorers.clip_score import clip_score_transformers
+
+    return clip_score_transformers(str(clip_path()), name="miniworld-clip", **kwargs)
+
+
+def miniworld_aesthetic(**kwargs: Any) -> Any:
+    """The ``miniworld-aesthetic`` scorer: the aesthetic head on the miniworld CLIP's embeddings."""
+    from scorers.aesthetic import aesthetic_from_folder
+
+    return aesthetic_from_folder(aesthetic_path(), clip_path(), name="miniworld-aesthetic", **kwargs)
+
+
+def miniworld_fidelity(**kwargs: Any) -> Any:
+    """The ``miniworld-fidelity`` scorer (zero-shot shape and colour by the miniworld CLIP)."""
+    from raft_diffusion.miniworld.fidelity import FidelityScorer
+
+    return FidelityScorer(**kwargs)
+
+
+def load_prompt_set(name: str) -> list[Any]:
+    """The prompts of ``miniworld`` or ``miniworld-ood``, with their colour and shape as metadata."""
+    from prompts import Prompt
+    from raft_diffusion.miniworld import world
+
+    texts = world.out_of_domain_prompts() if name == "miniworld-ood" else world.in_domain_prompts()
+    out = []
+    for i, text in enumerate(texts):
+        colour, shape = world.parse_prompt(text)
+        out.append(Prompt(text, {"set": name, "index": i, "label": text, "colour": colour, "shape": shape}))
+    return out
+
+
+def _prompt_loader(name: str):
+    def load_set() -> list[Any]:
+        return load_prompt_set(name)
+
+    return load_set
+
+
+def register() -> None:
+    """Register the ``miniworld`` model alias, the three miniworld scorers, the two prompt sets and
+    the ``raft-diffusion miniworld`` command."""
+    import prompts
+    import scorers
+    from raft_diffusion.miniworld import command
+    from raft_diffusion.models import register_model_alias
+    from raft_diffusion.plugins import register_command
+
+    register_model_alias("miniworld", pipeline_path, "the bundled miniature Stable Diffusion (32 px), offline")
+    factories = {"miniworld-clip": miniworld_clip, "miniworld-aesthetic": miniworld_aesthetic,
+                 "miniworld-fidelity": miniworld_fidelity}
+    for name, description in SCORERS.items():
+        scorers.register(name, factories[name], description)
+    for name, description in PROMPT_SETS.items():
+        prompts.register(name, _prompt_loader(name), description)
+    register_command("miniworld", command.register, "build or evaluate the miniworld")
