@@ -3,7 +3,8 @@ import scorers
 from raft_diffusion.config import field_docs
 s = open("README.md").read()
 sc = "| name | what |\n|---|---|\n" + "\n".join(f"| `{n}` | {d.replace('|', '/')} |" for n, d in scorers.describe())
-cf = "| field | default | meaning |\n|---|---|---|\n" + "\n".join(f"| `{n}` | `{d!r}` | {h.replace('|', '/')} |" for n, h, d in field_docs())
+PIPE = "\\|"
+cf = "| field | default | meaning |\n|---|---|---|\n" + "\n".join(f"| `{n}` | `{d!r}` | {h.replace('|', PIPE)} |" for n, h, d in field_docs())
 import re
 s = re.sub(r"(<!-- scorers:[^\n]*-->\n)(?:SCORERS_TABLE|\| name \| what \|\n(?:\|[^\n]*\n)*)", lambda m: m.group(1) + sc + "\n", s)
 s = re.sub(r"(<!-- config:[^\n]*-->\n)(?:CONFIG_TABLE|\| field \| default \| meaning \|\n(?:\|[^\n]*\n)*)", lambda m: m.group(1) + cf + "\n", s)

@@ -41,11 +41,13 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class ModelConfig:
     pretrained: str = _f("miniworld", "hub id, local diffusers folder or model alias (or causal LM for backend llm); 'miniworld' is the bundled miniature SD (an alias the miniworld plugin registers), 'tiny' a tiny random pipeline built offline")
     family: Union[str, None] = _f(None, "diffusion model family (see `raft-diffusion families`); default: detected from the pipeline class in model_index.json")
+    vae: Union[str, None] = _f(None, "a separate VAE (folder or hub id), e.g. a float16-safe SDXL VAE; default: the pipeline's own (SDXL's kept in float32)")
+    drop_t5: bool = _f(False, "SD3: load the pipeline without its T5 text encoder (less memory; the CLIP encoders only)")
     revision: Union[str, None] = _f(None, "hub revision (branch, tag or commit)")
     variant: Union[str, None] = _f(None, "weights variant, e.g. 'fp16'")
     dtype: str = _f("float32", f"dtype of the frozen weights: {', '.join(DTYPES)}; LoRA parameters stay float32")
     device: str = _f("auto", "'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps'")
-    attention: str = _f("sdpa", "attention backend of the UNet: 'sdpa' (torch scaled_dot_product_attention) or 'eager' (plain matmul)")
+    attention: str = _f("sdpa", "attention backend of the denoiser: 'sdpa' (torch scaled_dot_product_attention) or 'eager' (plain matmul)")
     offload: bool = _f(False, "diffusion: keep the VAE, text encoder and scorer on the CPU except while used (the VAE to decode, the scorer to score; new prompts are encoded on the CPU): less accelerator memory for two host-device copies of the VAE and scorer weights per generate call; a no-op on the CPU")
 
 
@@ -71,7 +73,7 @@ class PromptsConfig:
 
 @dataclass
 class SamplingConfig:
-    scheduler: str = _f("dpm++", f"sampler: {', '.join(SCHEDULERS)} (dpm++ = DPM-Solver++ multistep)")
+    scheduler: Union[str, None] = _f("dpm++", f"sampler: {', '.join(SCHEDULERS)} (dpm++ = DPM-Solver++ multistep); null keeps the pipeline's own (flow models)")
     steps: int = _f(10, "denoising steps per image")
     guidance_scale: float = _f(5.0, "classifier-free guidance scale (1 disables guidance)")
     height: Union[int, None] = _f(None, "image height in pixels, a multiple of 8 (default: the model's native size)")
@@ -140,6 +142,10 @@ class TrainConfig:
     optimizer: str = _f("adamw", "'adamw' or 'adamw8bit' (needs bitsandbytes)")
     mixed_precision: Union[str, None] = _f(None, "'no', 'fp16' (GPU) or 'bf16': autocast of the training forward through accelerate; "
                                            "the LoRA parameters stay float32. Default: accelerate launch --mixed_precision, else 'no'")
+    weighting_scheme: str = _f("logit_normal", "flow models: how training sigmas are drawn and weighted (diffusers' training_utils): logit_normal, mode, cosmap, sigma_sqrt, none (uniform)")
+    logit_mean: float = _f(0.0, "flow models, logit_normal: mean of the normal before the sigmoid")
+    logit_std: float = _f(1.0, "flow models, logit_normal: its standard deviation")
+    mode_scale: float = _f(1.29, "flow models, mode: scale of the mode weighting")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward: less memory, ~30% slower")
     caption_dropout: float = _f(0.0, "diffusion: fraction of kept samples trained against the empty (negative) prompt, so "
                                  "the unconditional branch that guidance subtracts learns them too; high guidance "
@@ -172,7 +178,7 @@ class RaftConfig:
     miniworld aesthetic predictor, offline on the CPU in a few minutes. Its model, reward and prompt
     sets are names the miniworld plugin registers; this module does not import the miniworld."""
 
-    backend: str = _f("diffusion", "'diffusion' (Stable Diffusion UNet LoRA) or 'llm' (causal LM LoRA)")
+    backend: str = _f("diffusion", "'diffusion' (the LoRA of a diffusion model's denoiser; see `raft-diffusion families`) or 'llm' (causal LM LoRA)")
     description: str = _f("", "free text recorded with the run")
     model: ModelConfig = field(default_factory=ModelConfig)
     raft: RaftSection = field(default_factory=RaftSection)

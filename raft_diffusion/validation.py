@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 SCHEDULERS = ("ddim", "dpm++", "dpm", "euler", "euler-a", "pndm", "ddpm", "lms", "heun", "unipc")
 DTYPES = ("float32", "float16", "bfloat16")
+WEIGHTING_SCHEMES = ("logit_normal", "mode", "cosmap", "sigma_sqrt", "none")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -52,7 +53,7 @@ def validate(cfg: RaftConfig) -> None:
     _check(m.attention in ("sdpa", "eager"), f"model.attention must be 'sdpa' or 'eager', got {m.attention!r}")
     _check(not (m.offload and cfg.backend == "llm"), "model.offload applies to backend diffusion only; set it to false for backend llm")
     s = cfg.sampling
-    _check(s.scheduler in SCHEDULERS, f"unknown sampling.scheduler {s.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    _check(s.scheduler is None or s.scheduler in SCHEDULERS, f"unknown sampling.scheduler {s.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
     _check(s.steps >= 1, f"sampling.steps must be >= 1, got {s.steps}")
     _check(s.batch_size >= 1, f"sampling.batch_size must be >= 1, got {s.batch_size}")
     _check(s.guidance_scale >= 0, f"sampling.guidance_scale must be >= 0, got {s.guidance_scale}")
@@ -87,6 +88,9 @@ def validate(cfg: RaftConfig) -> None:
     _check(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
     _check(t.gradient_accumulation_steps >= 1, f"train.gradient_accumulation_steps must be >= 1, got {t.gradient_accumulation_steps}")
     _check(t.max_grad_norm is None or t.max_grad_norm > 0, f"train.max_grad_norm must be > 0 or null, got {t.max_grad_norm}")
+    _check(t.weighting_scheme in WEIGHTING_SCHEMES,
+           f"unknown train.weighting_scheme {t.weighting_scheme!r}; choose one of {', '.join(WEIGHTING_SCHEMES)}")
+    _check(t.logit_std > 0, f"train.logit_std must be > 0, got {t.logit_std}")
     _check(t.lr_scheduler in LR_SCHEDULERS, f"unknown train.lr_scheduler {t.lr_scheduler!r}; choose one of {', '.join(LR_SCHEDULERS)}")
     _check(t.mixed_precision in (None, "no", "fp16", "bf16"),
            f"train.mixed_precision must be 'no', 'fp16' or 'bf16' (or null: from accelerate launch), got {t.mixed_precision!r}")

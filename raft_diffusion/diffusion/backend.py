@@ -61,6 +61,7 @@ class DiffusionBackend:
         self.height = s.height or native
         self.width = s.width or native
         family.size = (self.height, self.width)
+        family.guidance_scale = s.guidance_scale
         factor = family.size_factor()
         for name, v in (("height", self.height), ("width", self.width)):
             if v % factor:

@@ -78,6 +78,8 @@ class ModelFamily:
         #: the run's image size (height, width) in pixels, set by the backend; families whose latents
         #: do not carry it (packed latents) read it in encode / decode / predict
         self.size: tuple[int, int] | None = None
+        #: the run's ``sampling.guidance_scale`` (guidance-distilled models take it in training too)
+        self.guidance_scale: float = 1.0
 
     # ------------------------------------------------------------------ modules
     @property
