@@ -13,7 +13,7 @@ _LAZY = {
     "RaftConfig": "raft_diffusion.config",
     "load_config": "raft_diffusion.config",
     "train": "raft_diffusion.api",
-    "generate": "raft_diffusion.api",
+    "generate": "raft_diffusion.generate",
     "History": "raft_diffusion.core.records",
 }
 

@@ -16,6 +16,7 @@ from raft_diffusion.core.backend import Backend, Samples
 from raft_diffusion.core.loop import LoopSettings, RaftLoop, RoundCallback, SampleFilter
 from raft_diffusion.core.records import History
 from raft_diffusion.errors import ConfigError, ModelError
+from raft_diffusion.generate import generate  # noqa: F401  (re-exported: the Python API's generate)
 
 log = logging.getLogger(__name__)
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints")
@@ -101,7 +102,8 @@ def loop_settings(cfg: RaftConfig) -> LoopSettings:
         rounds=r.rounds, k=r.k, prompts_per_round=r.prompts_per_round, seed=r.seed, strategy=k.strategy,
         top_n=k.top_n, top_k=k.top_k, nonfinite=k.nonfinite, eval_every=r.eval_every,
         eval_samples_per_prompt=r.eval_samples_per_prompt, keep_checkpoints=cfg.output.keep_checkpoints,
-        kl_beta=k.kl_beta,
+        kl_beta=k.kl_beta, early_stop=r.early_stop, early_stop_tolerance=r.early_stop_tolerance,
+        early_stop_patience=r.early_stop_patience,
     )
 
 
@@ -154,10 +156,6 @@ def _check_resumable(cfg: RaftConfig, run_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------ the whole job
-#: rounds between redraws of reward_curve.png (it is always drawn after the last round)
-CURVE_EVERY = 10
-
-
 def build_loop(
     cfg: RaftConfig | None = None,
     *,
@@ -168,7 +166,7 @@ def build_loop(
 ) -> RaftLoop:
     """Everything :func:`train` runs, assembled but not started (``loop.backend`` is the model)."""
     from raft_diffusion.core import distributed
-    from raft_diffusion.report import reward_curve
+    from raft_diffusion.run_outputs import RunOutputs
 
     cfg = cfg or RaftConfig()
     # under `accelerate launch` the main process alone prepares and writes the run folder; a
@@ -194,11 +192,13 @@ def build_loop(
 
     reward_fn, scorer_name, eval_scorers, stream, eval_prompts, filt, backend = dist.call("building the run", pieces)
 
+    # the reward curve, report.html, trackers (output.report_to), model card and hub push; a setup
+    # failure (a tracker not installed, no hub login) stops every process before training
+    family = getattr(getattr(backend, "family", None), "name", None)
+    outputs = dist.call("setting up the run outputs", lambda: RunOutputs(cfg, run_dir, scorer_name, family=family))
+
     def after_round(r: int, history: History) -> None:
-        # rendering a figure costs more than the rest of a round's records: redraw it every
-        # CURVE_EVERY rounds and at the end, not after every round
-        if r == cfg.raft.rounds or r % CURVE_EVERY == 0:
-            reward_curve(history.rounds, run_dir / "reward_curve.png", history.evals, scorer_name)
+        outputs.on_round(r, history)
         if on_round:
             on_round(r, history)
 
@@ -206,6 +206,7 @@ def build_loop(
         backend, reward_fn, stream, loop_settings(cfg), run_dir, scorer_name=scorer_name,
         eval_prompts=eval_prompts, eval_scorers=eval_scorers, sample_filter=filt, on_round=after_round, dist=dist,
     )
+    loop.outputs = outputs
     if cfg.output.resume and not loop.resume(cfg.output.resume):
         log.info("no checkpoint in %s yet: starting from round 1", run_dir)
     dist.call("writing config.yaml", lambda: cfg.to_yaml(run_dir / "config.yaml"), main_only=True)
@@ -227,57 +228,8 @@ def train(
     -> Tensor (N,)``; ``sample_filter(samples, rewards) -> N bools`` discards samples before ranking.
     ``on_round(round_index, history)`` is called after every completed round.
     """
-    return build_loop(cfg, scorer=scorer, sample_filter=sample_filter, on_round=on_round, progress=progress).run()
-
-
-def generate(
-    pretrained: str,
-    prompts: Sequence[str],
-    out_dir: str | Path,
-    *,
-    lora: str | Path | None = None,
-    seed: int = 0,
-    num_images: int = 1,
-    scheduler: str = "ddim",
-    steps: int = 20,
-    guidance_scale: float = 7.5,
-    height: int | None = None,
-    width: int | None = None,
-    dtype: str = "float32",
-    device: str = "auto",
-    batch_size: int = 8,
-) -> list[Path]:
-    """Images from a pipeline plus an optional LoRA: ``out_dir/{i:04d}.png``; returns the paths."""
-    from raft_diffusion.core.rng import sample_seed
-    from raft_diffusion.diffusion import sampling
-    from raft_diffusion.diffusion.lora import load_lora_into_pipeline
-    from raft_diffusion.diffusion.pipeline import load_family
-    from raft_diffusion.report import to_pil
-
-    for name, v in (("height", height), ("width", width)):
-        if v is not None and (v <= 0 or v % 8):
-            raise ConfigError(f"--{name} {v} is not a positive multiple of 8")
-    if num_images < 1:
-        raise ConfigError(f"--num-images must be >= 1, got {num_images}")
-    if not prompts:
-        raise ConfigError("no prompts given; pass --prompt TEXT or --prompts FILE")
-    family = load_family(pretrained, dtype=dtype, device=device, scheduler=scheduler)
-    if lora:
-        load_lora_into_pipeline(family.pipe, lora)
-    size = family.native_size()
-    family.size = (height or size, width or size)
-    texts = [p for p in prompts for _ in range(num_images)]
-    seeds = [sample_seed(seed, 0, i) for i in range(len(texts))]
-    result = sampling.generate(
-        family, sampling.PromptEncoder(family), texts, seeds, steps=steps, guidance_scale=guidance_scale,
-        height=family.size[0], width=family.size[1], batch_size=batch_size,
-    )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, img in enumerate(result.images):
-        path = out / f"{i:04d}.png"
-        to_pil(img).save(path)
-        paths.append(path)
-    (out / "prompts.txt").write_text("\n".join(f"{i:04d}.png\t{t}\t{s}" for i, (t, s) in enumerate(zip(texts, seeds))) + "\n")
-    return paths
+    loop = build_loop(cfg, scorer=scorer, sample_filter=sample_filter, on_round=on_round, progress=progress)
+    history = loop.run()
+    if loop.dist.is_main:  # report.html, README.md, trackers closed, hub upload
+        loop.outputs.finish(history)
+    return history

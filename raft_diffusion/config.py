@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 import yaml
 
+from raft_diffusion.config_types import _build, set_dotted  # noqa: F401  (set_dotted re-exported)
 from raft_diffusion.core import ranking
 from raft_diffusion.errors import ConfigError
 from raft_diffusion.validation import (  # noqa: F401  (re-exported: the checks moved there)
@@ -59,6 +58,11 @@ class RaftSection:
     seed: int = _f(0, "base seed: per-sample generation seeds, training noise, prompt shuffling")
     eval_every: int = _f(1, "evaluate the eval prompts every N rounds (0: only before and after)")
     eval_samples_per_prompt: int = _f(2, "samples per eval prompt (fixed seeds, paired across rounds)")
+    early_stop: Union[str, None] = _f(None, "a held-out scorer that guards the run (a reward.eval_scorers name, or the reward's "
+                                      "name): stop when it falls more than early_stop_tolerance below its start; the final "
+                                      "LoRA is the best round by it. null disables")
+    early_stop_tolerance: float = _f(0.05, "with early_stop: the relative fall below the guard's start (0.05 = 5%) that stops the run")
+    early_stop_patience: Union[int, None] = _f(None, "stop when the train reward (unbiased) has not improved for N rounds; null disables")
 
 
 @dataclass
@@ -169,6 +173,9 @@ class OutputConfig:
     keep_checkpoints: Union[int, None] = _f(2, "keep the newest N round checkpoints (null keeps all)")
     save_grids: bool = _f(True, "write an image grid per round")
     save_kept: bool = _f(True, "write the kept samples (PNG images / JSONL responses)")
+    report_to: str = _f("none", "trackers through accelerate: none, tensorboard, wandb or all (W&B offline works without a network)")
+    push_to_hub: bool = _f(False, "upload the LoRA and the model card to the Hugging Face Hub at the end of the run")
+    hub_model_id: Union[str, None] = _f(None, "the hub repository for push_to_hub ('user/name'); default: the run folder's name")
 
 
 @dataclass
@@ -214,92 +221,6 @@ class RaftConfig:
         for key, value in overrides.items():
             set_dotted(data, key, value)
         return RaftConfig.from_dict(data)
-
-
-# ------------------------------------------------------------------- building and type checks
-def _is_optional(tp: Any) -> tuple[bool, Any]:
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return True, args[0]
-    return False, tp
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    optional, inner = _is_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{where} must not be null; give a {getattr(inner, '__name__', inner)}")
-    tp = inner
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{where} must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where} must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where} must be a string, got {value!r}")
-    if tp is list:
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, (list, tuple)):
-            return list(value)
-        raise ConfigError(f"{where} must be a list, got {value!r}")
-    if tp is dict:
-        if isinstance(value, dict):
-            return dict(value)
-        raise ConfigError(f"{where} must be a mapping, got {value!r}")
-    return value
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "config"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a mapping of fields, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(str(key), list(fields), n=1)
-        hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
-        raise ConfigError(f"unknown config key '{prefix}{key}'; {hint}known keys here: {', '.join(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
-    return cls(**kwargs)
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``data["a"]["b"] = value`` for ``key = "a.b"``; unknown sections raise."""
-    parts = key.split(".")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        if part not in node or not isinstance(node[part], dict):
-            known = [k for k, v in node.items() if isinstance(v, dict)]
-            raise ConfigError(f"unknown config section {'.'.join(parts[:i + 1])!r} in {key!r}; sections: {', '.join(known)}")
-        node = node[part]
-    node[parts[-1]] = value
 
 
 # ------------------------------------------------------------------- files, presets, CLI overrides

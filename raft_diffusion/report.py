@@ -88,3 +88,56 @@ def reward_curve(rows: Sequence[dict], path: Path, eval_rows: Sequence[dict] = (
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def eval_dir(run_dir: Path, round_index: int) -> Path:
+    """Where a run keeps the fixed-seed eval images of one eval round."""
+    return Path(run_dir) / "eval" / f"round-{round_index:04d}"
+
+
+def save_eval_images(run_dir: Path, round_index: int, images: torch.Tensor, ids: Sequence[str], prompts: Sequence[str],
+                     scores: dict[str, Sequence[float]]) -> Path:
+    """``eval/round-XXXX/<id>.png`` for (N, 3, H, W) images in [0, 1], and ``scores.json`` (ids, prompts,
+    every scorer's N scores), written atomically; returns the folder."""
+    import json
+
+    folder = eval_dir(run_dir, round_index)
+    folder.mkdir(parents=True, exist_ok=True)
+    for image, sid in zip(images, ids):
+        save_atomic_image(to_pil(image), folder / f"{sid}.png")
+    tmp = folder / f".scores.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"ids": list(ids), "prompts": list(prompts),
+                               "scores": {k: [float(v) for v in vals] for k, vals in scores.items()}}))
+    os.replace(tmp, folder / "scores.json")
+    return folder
+
+
+def before_after_grid(run_dir: Path, round_index: int, max_pairs: int = 16) -> Path | None:
+    """``before_after.png``: each eval image of round 0 beside the same prompt and seed at ``round_index``,
+    with the prompt and both rounds' scores under the pair. None when round 0 was not saved."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    before, after = eval_dir(run_dir, 0), eval_dir(run_dir, round_index)
+    if round_index == 0 or not (before / "scores.json").is_file() or not (after / "scores.json").is_file():
+        return None
+    b, a = json.loads((before / "scores.json").read_text()), json.loads((after / "scores.json").read_text())
+    names = [n for n in b["scores"] if n in a["scores"]][:2]
+    tiles, captions = [], []
+    for i, sid in enumerate(b["ids"][:max_pairs]):
+        if sid not in a["ids"]:
+            continue
+        j = a["ids"].index(sid)
+        for label, folder, data, k in (("round 0", before, b, i), (f"round {round_index}", after, a, j)):
+            img = Image.open(folder / f"{sid}.png").convert("RGB")
+            tiles.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255)
+            figures = " ".join(f"{n[:10]} {data['scores'][n][k]:.2f}" for n in names)
+            captions.append(f"{b['prompts'][i] if label == 'round 0' else ''}\n{label}: {figures}")
+    if not tiles:
+        return None
+    grid = image_grid(torch.stack(tiles), captions, columns=min(8, len(tiles)), cell=160)
+    path = Path(run_dir) / "before_after.png"
+    save_atomic_image(grid, path)
+    return path

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 SCHEDULERS = ("ddim", "dpm++", "dpm", "euler", "euler-a", "pndm", "ddpm", "lms", "heun", "unipc")
 DTYPES = ("float32", "float16", "bfloat16")
+REPORT_TO = ("none", "tensorboard", "wandb", "all")
 WEIGHTING_SCHEMES = ("logit_normal", "mode", "cosmap", "sigma_sqrt", "none")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
@@ -100,6 +101,16 @@ def validate(cfg: RaftConfig) -> None:
     _check(t.kl_anchor in ("base", "round"), f"train.kl_anchor must be 'base' or 'round', got {t.kl_anchor!r}")
     _check(t.latents in ("sampled", "encoded"), f"train.latents must be 'sampled' or 'encoded', got {t.latents!r}")
     o = cfg.output
+    _check(o.report_to in REPORT_TO, f"output.report_to {o.report_to!r} is not one of {', '.join(REPORT_TO)}")
+    _check(o.hub_model_id is None or o.hub_model_id.count("/") <= 1 and bool(o.hub_model_id.strip("/ ")),
+           f"output.hub_model_id {o.hub_model_id!r} is not a hub repository id; use 'user/name'")
+    _check(r.early_stop_tolerance >= 0, f"raft.early_stop_tolerance must be >= 0, got {r.early_stop_tolerance}")
+    _check(r.early_stop_patience is None or r.early_stop_patience >= 1,
+           f"raft.early_stop_patience must be >= 1 or null, got {r.early_stop_patience}")
+    _check(r.early_stop is None or r.early_stop in (cfg.reward.eval_scorers or {}) or r.early_stop == cfg.reward.scorer,
+           f"raft.early_stop {r.early_stop!r} is not a held-out scorer of this run; name one of reward.eval_scorers "
+           f"({', '.join(cfg.reward.eval_scorers) or 'none configured'}) or the reward {cfg.reward.scorer!r}")
+    _check(r.early_stop is None or bool(cfg.prompts.eval), "raft.early_stop needs eval prompts; set prompts.eval")
     _check(bool(o.dir.strip()), "output.dir is empty; give a folder for the run")
     _check(o.keep_checkpoints is None or o.keep_checkpoints >= 1, f"output.keep_checkpoints must be >= 1 or null, got {o.keep_checkpoints}")
     _check(not (o.overwrite and o.resume), "output.overwrite and output.resume are both set; choose one")

@@ -98,18 +98,50 @@ def run(args: argparse.Namespace) -> int:
 
     if not distributed.get().is_main:
         return 0
-    rows = history.rounds
-    first, last = rows[0], rows[-1]
-    print(f"ran {what}: {cfg.backend} backend, model {cfg.model.pretrained!r}, scorer {cfg.reward.scorer!r}")
-    print(f"reward (unbiased, first sample per prompt): round {first['round']} {_fmt(first['reward_unbiased'])} -> "
-          f"round {last['round']} {_fmt(last['reward_unbiased'])}")
-    if history.evals:
-        name = last.get("scorer", cfg.reward.scorer)
-        print(f"eval prompts ({name}): before {_fmt(history.evals[0].get(name))} -> after {_fmt(history.evals[-1].get(name))}")
-    run_dir = history.run_dir
-    if cfg.backend == "llm":
-        files = "metrics.jsonl, reward_curve.png, rounds/*/responses.jsonl and kept.jsonl, adapter/"
-    else:
-        files = "metrics.jsonl, reward_curve.png, rounds/*/grid.png, pytorch_lora_weights.safetensors"
-    print(f"run folder: {run_dir}  ({files})")
+    for line in closing_lines(cfg, history, what):
+        print(line)
     return 0
+
+
+def _change(before: Any, after: Any) -> str:
+    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)):
+        return f"{_fmt(before)} -> {_fmt(after)}"
+    pct = f" ({(after - before) / abs(before):+.1%})" if before else ""
+    return f"{_fmt(before)} -> {_fmt(after)}{pct}"
+
+
+def closing_lines(cfg: Any, history: Any, what: str) -> list[str]:
+    """What a finished run says: the reward and the held-out fidelity before and after (from
+    ``summary.json``), why it stopped, where the grids are and how to use the LoRA."""
+    import json
+
+    run_dir = history.run_dir
+    rows = history.rounds
+    lines = [f"ran {what}: {cfg.backend} backend, model {cfg.model.pretrained!r}, scorer {cfg.reward.scorer!r}"]
+    if rows:
+        lines.append(f"train reward (unbiased, first sample per prompt): round {rows[0]['round']} "
+                     f"{_fmt(rows[0]['reward_unbiased'])} -> round {rows[-1]['round']} {_fmt(rows[-1]['reward_unbiased'])}")
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    at = f"round {summary['best_round']}, the best by the guard" if summary.get("best_round") is not None else "the last round"
+    if summary.get("reward_before") is not None:
+        lines.append(f"eval reward ({summary['reward_name']}, held-out prompts, fixed seeds): "
+                     f"{_change(summary['reward_before'], summary['reward_after'])} (before training -> {at})")
+    if summary.get("fidelity_name") and summary.get("fidelity_before") is not None:
+        lines.append(f"held-out fidelity ({summary['fidelity_name']}): {_change(summary['fidelity_before'], summary['fidelity_after'])}")
+    if summary.get("stop_reason"):
+        lines.append(f"stopped early: {summary['stop_reason']}")
+    if cfg.backend == "llm":
+        lines.append(f"run folder: {run_dir} (metrics.jsonl, eval.jsonl, reward_curve.png, rounds/*/responses.jsonl, adapter/)")
+        return lines
+    if (run_dir / "before_after.png").is_file():
+        lines.append(f"before/after grid: {run_dir / 'before_after.png'}")
+    lines.append(f"run folder: {run_dir} (metrics.jsonl, eval.jsonl, reward_curve.png, rounds/*/grid.png, "
+                 "pytorch_lora_weights.safetensors)")
+    from raft_diffusion.diffusion.pipeline import resolve_source
+
+    base = resolve_source(cfg.model.pretrained)[0]
+    lines.append(f"use the LoRA: raft-diffusion generate --lora {run_dir} --out samples/   (the run's settings and eval "
+                 "prompts; add --prompt TEXT for your own)")
+    lines.append(f"  or in Python: pipe = DiffusionPipeline.from_pretrained({base!r}); pipe.load_lora_weights({str(run_dir)!r})")
+    return lines

@@ -27,12 +27,12 @@ from typing import Any, Callable, Sequence
 import torch
 
 from prompts.types import Prompt
-from raft_diffusion.core import checkpoint, distributed, faults, rng
+from raft_diffusion.core import checkpoint, distributed, early_stop, faults, rng
 from raft_diffusion.core.backend import Backend, Samples
-from raft_diffusion.core.distributed import Distributed, TrainShard, shard_range
+from raft_diffusion.core.distributed import Distributed, TrainShard
 from raft_diffusion.core.ranking import Selection, group_ids, select
 from raft_diffusion.core.records import History, reward_summary
-from raft_diffusion.core.stages import assemble_samples, peak_memory_mb, run_stage, write_samples_table
+from raft_diffusion.core.stages import assemble_samples, for_main, local_samples, peak_memory_mb, run_stage, write_samples_table
 from raft_diffusion.errors import ConfigError, RunError
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,9 @@ class LoopSettings:
     eval_samples_per_prompt: int = 1
     keep_checkpoints: int | None = 2
     kl_beta: float = 0.0
+    early_stop: str | None = None
+    early_stop_tolerance: float = 0.05
+    early_stop_patience: int | None = None
 
 
 class RaftLoop:
@@ -194,27 +197,45 @@ class RaftLoop:
             if baseline is not None:
                 self.history.evals.append(baseline)
                 self._main_only("writing metrics", lambda: self.history.write(self.run_dir))
+        stopped = self.history.rounds[-1].get("stop_reason") if self.history.rounds else None
+        if stopped:
+            log.info("the run stopped early at round %d (%s); nothing left to run", self.history.rounds[-1]["round"], stopped)
         for r in range(self.next_round, s.rounds + 1):
+            if stopped:
+                break
             row = self.run_round(r)
             if s.eval_every and (r % s.eval_every == 0 or r == s.rounds):
                 ev = self.evaluate(r)
                 if ev is not None:
                     self.history.evals.append(ev)
             self.history.rounds.append(row)
+            decision = early_stop.decide(self.history.evals, self.history.rounds, s.early_stop, s.early_stop_tolerance,
+                                         s.early_stop_patience)
+            if s.early_stop:
+                row["best_round"] = decision.best_round
+            if decision.stop_reason:
+                row["stop_reason"] = stopped = decision.stop_reason
             self.next_round = r + 1
             self._synced(r, "checkpoint", lambda: checkpoint.save_checkpoint(
                 self.run_dir / "checkpoints", r, self.backend.state_dict(), self._loop_state(), s.keep_checkpoints),
                 main_only=True)
             self._main_only("writing metrics", lambda: self.history.write(self.run_dir))
             self._synced(r, "saving weights", lambda: self.backend.save_model(self.run_dir), main_only=True)
+            if s.early_stop and decision.best_round == r:
+                self._synced(r, "saving the best weights", lambda: self.backend.save_model(self.run_dir / early_stop.BEST_DIR),
+                             main_only=True)
             if self.dist.is_main:
                 log.info(
                     "round %d/%d: reward %.4f (unbiased) | kept %.4f | mean %.4f | %.1fs",
                     r, s.rounds, row["reward_unbiased"], row["reward_kept"], row["reward_mean"], row["time_round_s"],
                 )
+                if stopped:
+                    log.info("stopping early after round %d: %s", r, stopped)
             if self.on_round:
                 on_round = self.on_round
                 self._main_only(f"round {r}, the on_round callback", lambda: on_round(r, self.history))
+        self._main_only("writing summary.json", lambda: early_stop.finish(
+            self.run_dir, self.history, s.early_stop, self.scorer_name, list(self.eval_scorers)))
         return self.history
 
     # ----------------------------------------------------------------- collectives
@@ -244,25 +265,15 @@ class RaftLoop:
             torch.save(self.backend.state_dict(), Path(folder) / f"round-{r:04d}-rank{self.dist.rank}.pt")
 
     def _local_samples(self, prompts: Sequence[Prompt], k: int, seed_of: Callable[[int], int], id_of: Callable[[int], str]) -> tuple[Samples | None, int]:
-        """Generate this process's block of ``prompts`` with the global seeds and ids; (samples, first global index)."""
-        lo, hi = shard_range(len(prompts), self.dist.rank, self.dist.world_size)
-        idx = range(lo * k, hi * k)
-        if hi == lo:
-            return None, lo * k
-        samples = self.backend.generate(list(prompts[lo:hi]), k, [seed_of(i) for i in idx], [id_of(i) for i in idx])
-        assert len(samples) == len(idx) and samples.groups == group_ids(hi - lo, k), "backend broke the layout"
-        return samples, lo * k
+        return local_samples(self.backend, self.dist.rank, self.dist.world_size, prompts, k, seed_of, id_of)
 
     def _gathered_keys(self) -> tuple[str, ...]:
         """The ``Samples.extras`` keys the backend needs on the main process (``Backend.gathered_extras``)."""
         return tuple(getattr(self.backend, "gathered_extras", ()) or ())
 
     def _for_main(self, samples: Samples | None) -> tuple[Any, dict[str, Any]] | None:
-        """What this process sends the main process: its outputs and its ``gathered_extras`` (a key its
-        samples lack is left out and reported by :meth:`_assemble`, inside a synced stage)."""
-        if samples is None:
-            return None
-        return samples.outputs, {k: samples.extras[k] for k in self._gathered_keys() if k in samples.extras}
+        """What this process sends the main process (see :func:`~raft_diffusion.core.stages.for_main`)."""
+        return for_main(samples, self._gathered_keys())
 
     def _assemble(self, parts: Sequence[Any], n: int) -> tuple[Any, dict[str, Any]]:
         """(outputs, gathered extras) of all ``n`` samples in the global order (see :func:`assemble_samples`)."""
@@ -355,14 +366,15 @@ class RaftLoop:
         samples, values_local = self._synced(r, what, local)
         parts = self._gather(r, what, values_local)
         row: dict[str, Any] = {"round": round_index}
+        sample_scores: dict[str, list[float]] = {}
         for name in scorers:
-            values = [x for p in parts for x in p[name]]
+            values = sample_scores[name] = [x for p in parts for x in p[name]]
             row[name] = statistics.fmean(values)
             row[f"{name}_per_prompt"] = {
                 p.text: statistics.fmean(values[j * k:(j + 1) * k]) for j, p in enumerate(self.eval_prompts)
             }
         row["seconds"] = time.perf_counter() - t0
-        if hasattr(self.backend, "eval_metrics"):
+        if hasattr(self.backend, "eval_metrics") or hasattr(self.backend, "write_eval_artifacts"):
             collected = self._gather(r, what, self._for_main(samples), to_main=True)
 
             def metrics() -> dict[str, Any]:
@@ -372,7 +384,10 @@ class RaftLoop:
                 view = Samples(prompts=per_sample, groups=group_ids(len(self.eval_prompts), k),
                                ids=[f"eval-p{i // k}-k{i % k}" for i in range(n)], seeds=[0] * n,
                                outputs=outputs, extras=extras)
-                return self.backend.eval_metrics(view)
+                write = getattr(self.backend, "write_eval_artifacts", None)
+                if write is not None:  # fixed-seed eval images, the before/after grid
+                    write(self.run_dir, r, view, sample_scores)
+                return self.backend.eval_metrics(view) if hasattr(self.backend, "eval_metrics") else {}
 
             extra = self._synced(r, f"{what} metrics", metrics, main_only=True)
             row.update(self._gather(r, what, extra)[0] or {})

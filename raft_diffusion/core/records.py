@@ -104,3 +104,10 @@ class History:
     def write(self, run_dir: Path) -> None:
         write_jsonl(run_dir / "metrics.jsonl", self.rounds)
         write_jsonl(run_dir / "eval.jsonl", self.evals)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """``data`` as JSON at ``path``, written atomically (temp file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_clean(data), indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

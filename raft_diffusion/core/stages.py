@@ -11,7 +11,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from raft_diffusion.core.backend import Samples
-from raft_diffusion.core.ranking import Selection
+from raft_diffusion.core.distributed import shard_range
+from raft_diffusion.core.ranking import Selection, group_ids
 from raft_diffusion.core.records import write_jsonl
 from raft_diffusion.errors import RaftError, RunError
 
@@ -76,3 +77,24 @@ def assemble_samples(parts: Sequence[Any], n: int, keys: Sequence[str], backend:
             raise RunError(f"gathered extras {key!r} hold {len(value)} entries for {n} samples; they must be per-sample")
         extras[key] = value
     return outputs, extras
+
+
+def for_main(samples: Samples | None, keys: Sequence[str]) -> tuple[Any, dict[str, Any]] | None:
+    """What one process sends the main process: its outputs and its extras ``keys`` (a key its samples
+    lack is left out and reported by :func:`assemble_samples`, inside a synced stage)."""
+    if samples is None:
+        return None
+    return samples.outputs, {k: samples.extras[k] for k in keys if k in samples.extras}
+
+
+def local_samples(backend: Any, rank: int, world_size: int, prompts: Sequence[Any], k: int,
+                  seed_of: Callable[[int], int], id_of: Callable[[int], str]) -> tuple[Samples | None, int]:
+    """Generate process ``rank``'s contiguous block of ``prompts`` (K each) with the global sample seeds
+    and ids; returns (its samples or None when it owns no prompt, the global index of its first sample)."""
+    lo, hi = shard_range(len(prompts), rank, world_size)
+    idx = range(lo * k, hi * k)
+    if hi == lo:
+        return None, lo * k
+    samples = backend.generate(list(prompts[lo:hi]), k, [seed_of(i) for i in idx], [id_of(i) for i in idx])
+    assert len(samples) == len(idx) and samples.groups == group_ids(hi - lo, k), "backend broke the layout"
+    return samples, lo * k

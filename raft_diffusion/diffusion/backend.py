@@ -21,7 +21,7 @@ from raft_diffusion.diffusion.finetune import LoraTrainer
 from raft_diffusion.diffusion.families.base import Cond, cat_cond, index_cond
 from raft_diffusion.diffusion.pipeline import load_family, make_scheduler
 from raft_diffusion.errors import ConfigError, RunError
-from raft_diffusion.report import diversity, image_grid, save_atomic_image
+from raft_diffusion.report import before_after_grid, diversity, image_grid, save_atomic_image, save_eval_images
 
 log = logging.getLogger(__name__)
 
@@ -163,14 +163,23 @@ class DiffusionBackend:
         div = diversity(images, samples.groups)
         return {"diversity": sum(div.values()) / len(div) if div else 0.0}
 
+    def write_eval_artifacts(self, run_dir: Path, round_index: int, samples: Samples, scores: dict[str, list[float]]) -> None:
+        """The eval round's fixed-seed images (``eval/round-XXXX/``) and ``before_after.png``."""
+        save_eval_images(run_dir, round_index, samples.outputs, samples.ids, samples.texts, scores)
+        before_after_grid(run_dir, round_index)
+
     def eval_metrics(self, samples: Samples) -> dict[str, Any]:
         div = diversity(samples.outputs, samples.groups)
         return {"diversity": sum(div.values()) / len(div) if div else 0.0}
 
 
 def model_options(cfg: RaftConfig) -> dict[str, Any]:
-    """The family-specific model options of ``cfg.model`` (fields a family's ``load_kwargs`` may read)."""
-    return dict(cfg.model.__dict__)
+    """The family-specific options a family's ``load_kwargs`` / ``after_load`` may read: the ``model.*``
+    fields, plus the flow-matching ``train.*`` fields (weighting_scheme, logit_mean, logit_std, mode_scale)."""
+    t = cfg.train
+    flow = {"weighting_scheme": t.weighting_scheme, "logit_mean": t.logit_mean, "logit_std": t.logit_std,
+            "mode_scale": t.mode_scale}
+    return {**cfg.model.__dict__, **flow}
 
 
 def assemble_kept(parts: Sequence[tuple[Sequence[int], torch.Tensor, Cond]], total: int) -> tuple[torch.Tensor, Cond]:

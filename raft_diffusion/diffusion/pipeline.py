@@ -6,6 +6,7 @@ cache, and with ``HF_HUB_OFFLINE=1`` (or no network) a missing model is a clear 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -43,7 +44,13 @@ def make_scheduler(name: str, config: Any) -> Any:
     if name not in SCHEDULER_CLASSES:
         raise ConfigError(f"unknown sampling.scheduler {name!r}; choose one of {', '.join(SCHEDULER_CLASSES)}")
     cls_name, extra = SCHEDULER_CLASSES[name]
-    return getattr(diffusers, cls_name).from_config(config, **extra)
+    cls = getattr(diffusers, cls_name)
+    extra = dict(extra)
+    if "clip_sample" in inspect.signature(cls.__init__).parameters and dict(config).get("_class_name") != cls_name:
+        # a swap keeps the sampler sane: a clip_sample left in the config by another scheduler class
+        # (DDPM's default True) would clip latents to [-1, 1] and draw noise
+        extra["clip_sample"] = False
+    return cls.from_config(config, **extra)
 
 
 def _read_index(source: str, revision: str | None, local: bool) -> dict[str, Any]:

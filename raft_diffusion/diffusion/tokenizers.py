@@ -109,3 +109,46 @@ def tiny_clip_text_encoder(hidden_size: int = 8, with_projection: bool = False, 
     )
     model = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
     return tokenizer, model
+
+
+#: words of the bundled prompt sets and templates that the tiny T5 vocabulary holds whole
+T5_WORDS = ("a an the of photo picture painting image in on at with and or red green blue black white small large "
+            "airplane automobile bird cat deer dog frog horse ship truck car").split()
+
+
+def tiny_t5_tokenizer(max_length: int = 16) -> Any:
+    """A T5 tokenizer over a small vocabulary, built offline without sentencepiece or a download.
+
+    transformers' ``T5TokenizerFast(vocab=[(piece, log_prob), ...])`` builds a tokenizers Unigram
+    model from a list of pieces (``▁`` marks a word start). The list: ``<pad>`` (0), ``</s>`` (1),
+    ``<unk>`` (2), ``▁``, the words of :data:`T5_WORDS` and every printable ASCII character with and
+    without ``▁``, so any ASCII prompt tokenizes without ``<unk>`` (about 220 pieces, no extra ids).
+    ``save_pretrained`` writes ``tokenizer.json``, which ``T5TokenizerFast.from_pretrained`` reads back.
+    """
+    import string
+
+    from transformers import T5TokenizerFast
+
+    pieces: dict[str, float] = {"<pad>": 0.0, "</s>": 0.0, "<unk>": 0.0, "\u2581": -2.0}
+    for word in T5_WORDS:
+        pieces.setdefault("\u2581" + word, -4.0)
+    chars = string.ascii_letters + string.digits + string.punctuation
+    for c in chars:
+        pieces.setdefault("\u2581" + c, -8.0)
+    for c in chars:
+        pieces.setdefault(c, -9.0)
+    return T5TokenizerFast(vocab=list(pieces.items()), extra_ids=0, model_max_length=max_length)
+
+
+def tiny_t5_text_encoder(d_model: int = 32, max_length: int = 16) -> tuple[Any, Any]:
+    """(:func:`tiny_t5_tokenizer`, a tiny random ``T5EncoderModel`` of width ``d_model``): the T5
+    encoder of tiny SD3 / FLUX pipelines (its last hidden states (N, max_length, d_model))."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = tiny_t5_tokenizer(max_length)
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // 4, d_ff=2 * d_model, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    return tokenizer, T5EncoderModel(config)

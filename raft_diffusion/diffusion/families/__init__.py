@@ -42,6 +42,14 @@ def _register_builtin() -> None:
     from raft_diffusion.diffusion.families.sd import SDFamily
 
     register_family(SDFamily, "Stable Diffusion 1.x / 2.x (StableDiffusionPipeline): UNet LoRA, epsilon or v")
+    from raft_diffusion.diffusion.families.flux import FluxFamily
+    from raft_diffusion.diffusion.families.sd3 import SD3Family
+
+    register_family(SD3Family, "Stable Diffusion 3 / 3.5 (StableDiffusion3Pipeline): transformer LoRA, flow matching")
+    register_family(FluxFamily, "FLUX.1 dev / schnell (FluxPipeline): transformer LoRA, flow matching, packed latents")
+    from raft_diffusion.diffusion.families.sdxl import SDXLFamily
+
+    register_family(SDXLFamily, "Stable Diffusion XL base (StableDiffusionXLPipeline): UNet LoRA, two CLIP encoders, size ids")
 
 
 _register_builtin()

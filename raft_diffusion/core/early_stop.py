@@ -1,0 +1,113 @@
+"""Early stopping and best-round selection, as the paper advises (reward models are imperfect).
+
+A held-out scorer guards the run (``raft.early_stop``: a ``reward.eval_scorers`` name, scored on
+the eval prompts): the run stops when its latest reading falls more than a tolerance below its
+start (round 0, before training), and the run's final weights are those of the round it rated
+best. Independently, ``raft.early_stop_patience`` stops a run whose train reward (the unbiased
+one) has not improved for that many rounds. Decisions are a pure function of the History, so a
+resumed run decides exactly as an uninterrupted one. Imports no torch, diffusers or transformers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from raft_diffusion.core.records import History, write_json
+
+log = logging.getLogger(__name__)
+
+BEST_DIR = "best"
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    """best_round: the trained round the guard rates best (None without a guard or a reading).
+    stop_reason: why the run stops now, or None to go on."""
+
+    best_round: int | None = None
+    stop_reason: str | None = None
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def decide(evals: Sequence[dict[str, Any]], rounds: Sequence[dict[str, Any]], guard: str | None,
+           tolerance: float = 0.05, patience: int | None = None) -> StopDecision:
+    """The decision after the last row of ``rounds`` (metrics rows) given the eval rows ``evals``."""
+    best, reason = None, None
+    if guard:
+        readings = [(int(e["round"]), float(e[guard])) for e in evals if _finite(e.get(guard))]
+        start = next((v for r, v in readings if r == 0), None)
+        trained = [(r, v) for r, v in readings if r >= 1]
+        if trained:
+            best = max(trained, key=lambda rv: (rv[1], -rv[0]))[0]  # ties: the earlier round
+        if start is not None and trained:
+            last_round, last = trained[-1]
+            if last < start - tolerance * abs(start):
+                reason = (f"{guard} fell to {last:.4g} at round {last_round}, more than {tolerance:.0%} below its "
+                          f"start {start:.4g}")
+    if patience and reason is None and rounds:
+        rewards = [(int(r["round"]), float(r["reward_unbiased"])) for r in rounds if _finite(r.get("reward_unbiased"))]
+        if rewards:
+            best_round, best_value = max(rewards, key=lambda rv: (rv[1], -rv[0]))
+            waited = int(rounds[-1]["round"]) - best_round
+            if waited >= patience:
+                reason = (f"the train reward has not improved for {waited} rounds (best {best_value:.4g} at round "
+                          f"{best_round})")
+    return StopDecision(best, reason)
+
+
+def promote_best(run_dir: Path) -> bool:
+    """Make the weights saved in ``run_dir/best`` the run's final weights (files and folders replaced
+    atomically, one by one). False when there is nothing saved there."""
+    best = Path(run_dir) / BEST_DIR
+    if not best.is_dir():
+        return False
+    for entry in best.iterdir():
+        target = Path(run_dir) / entry.name
+        tmp = Path(run_dir) / f".{entry.name}.best-tmp"
+        if entry.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(entry, tmp)
+            old = Path(run_dir) / f".{entry.name}.old"
+            if target.exists():
+                os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            shutil.copyfile(entry, tmp)
+            os.replace(tmp, target)
+    return True
+
+
+def finish(run_dir: Path, history: History, guard: str | None, reward: str, eval_names: Sequence[str]) -> dict[str, Any]:
+    """End of a run: under a guard the final weights become the best round's (:func:`promote_best`);
+    ``summary.json`` records the best round, why the run stopped, and the reward and the guard (or
+    the first held-out scorer) before training and at the best (else the last) eval round."""
+    rounds, evals = history.rounds, history.evals
+    best = rounds[-1].get("best_round") if rounds else None
+    if guard and best is not None and best != rounds[-1]["round"] and promote_best(run_dir):
+        log.info("final weights: round %d, the best by %s", best, guard)
+    fidelity = guard or next(iter(eval_names), None)
+    first = evals[0] if evals and evals[0].get("round") == 0 else None
+    last = next((e for e in evals if e.get("round") == best), None) if best is not None else None
+    last = last or (evals[-1] if evals else None)
+
+    def reading(row: dict[str, Any] | None, name: str | None) -> Any:
+        return None if row is None or name is None else row.get(name)
+
+    summary = {
+        "rounds_run": rounds[-1]["round"] if rounds else 0, "best_round": best,
+        "stop_reason": rounds[-1].get("stop_reason") if rounds else None,
+        "reward_name": reward, "reward_before": reading(first, reward), "reward_after": reading(last, reward),
+        "fidelity_name": fidelity, "fidelity_before": reading(first, fidelity), "fidelity_after": reading(last, fidelity),
+    }
+    write_json(Path(run_dir) / "summary.json", summary)
+    return summary

@@ -1,0 +1,104 @@
+"""Early stopping on a held-out scorer, best-round selection, the summary, fixed-seed eval images and
+the before/after grid."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from raft_diffusion.api import train
+from raft_diffusion.config import RaftConfig
+from raft_diffusion.core.early_stop import decide
+from raft_diffusion.errors import ConfigError
+from tests.fakes import TINY_BASE
+
+#: the falling guard's readings, one per eval round (round 0 = before training)
+READINGS = [10.0, 9.9, 10.2, 8.0, 7.0, 6.0]
+
+
+class FallingGuard:
+    """A held-out 'scorer' whose reading per eval round follows READINGS (it counts its calls)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, images, prompts, metadata):
+        value = READINGS[min(self.calls, len(READINGS) - 1)]
+        self.calls += 1
+        return torch.full((len(prompts),), value)
+
+
+def config(pipe_dir, out_dir, **overrides):
+    return RaftConfig().replace({
+        **TINY_BASE, "model.pretrained": str(pipe_dir), "raft.rounds": 5, "raft.k": 2, "raft.prompts_per_round": 2,
+        "raft.eval_samples_per_prompt": 1, "sampling.steps": 2, "sampling.batch_size": 4, "train.steps_per_round": 2,
+        "train.batch_size": 2, "train.learning_rate": 1e-2, "prompts.eval": "cifar10", "prompts.eval_limit": 2,
+        "reward.eval_scorers": {"tests.test_early_stop:FallingGuard": {}}, "output.dir": str(out_dir), **overrides,
+    })
+
+
+def test_decide_guard_tolerance_best_round_and_patience():
+    evals = [{"round": r, "g": v} for r, v in enumerate([10.0, 9.9, 10.2, 9.6])]
+    rows = [{"round": r, "reward_unbiased": v} for r, v in zip(range(1, 4), [1.0, 2.0, 1.5])]
+    d = decide(evals, rows, "g", tolerance=0.05)
+    assert d.best_round == 2 and d.stop_reason is None, "9.6 is within 5% of 10"
+    d = decide(evals, rows, "g", tolerance=0.03)
+    assert d.stop_reason and "g fell to 9.6 at round 3" in d.stop_reason
+    assert decide(evals, rows, None, patience=2).stop_reason is None, "one round since the best train reward"
+    late = rows + [{"round": 4, "reward_unbiased": 1.9}]
+    assert "has not improved for 2 rounds (best 2 at round 2)" in decide(evals, late, None, patience=2).stop_reason
+    negative = [{"round": 0, "g": -2.0}, {"round": 1, "g": -2.2}]
+    assert decide(negative, rows[:1], "g", 0.05).stop_reason, "a negative start falls by |start| * tolerance"
+
+
+def test_the_guard_stops_the_run_and_the_final_lora_is_the_best_round(tiny_pipeline_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = config(tiny_pipeline_dir, run, **{"raft.early_stop": "tests.test_early_stop:FallingGuard",
+                                            "output.keep_checkpoints": None})
+    history = train(cfg, progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3], "8.0 at round 3 is more than 5% below 10: stop there"
+    assert rows[-1]["stop_reason"].startswith("tests.test_early_stop:FallingGuard fell to 8 at round 3")
+    assert [r["best_round"] for r in rows] == [1, 2, 2]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_round"] == 2 and summary["stop_reason"] == rows[-1]["stop_reason"]
+    assert summary["fidelity_before"] == pytest.approx(10.0) and summary["fidelity_after"] == pytest.approx(10.2)
+    final = load_file(run / "pytorch_lora_weights.safetensors")
+    best = load_file(run / "best" / "pytorch_lora_weights.safetensors")
+    assert final.keys() == best.keys() and all(torch.equal(final[k], best[k]) for k in final)
+    last = torch.load(run / "checkpoints" / "round-0003" / "state.pt", weights_only=False)["lora"]
+    best_ckpt = torch.load(run / "checkpoints" / "round-0002" / "state.pt", weights_only=False)["lora"]
+    assert not all(torch.equal(last[k], best_ckpt[k]) for k in last), "round 3 trained further"
+    assert len(history.rounds) == 3
+
+    # resume across the stop: nothing runs again, the weights stay the best round's
+    again = train(cfg.replace({"output.resume": "latest"}), progress=False)
+    assert [r["round"] for r in again.rounds] == [1, 2, 3]
+    after = load_file(run / "pytorch_lora_weights.safetensors")
+    assert all(torch.equal(after[k], final[k]) for k in final)
+
+
+def test_eval_images_and_before_after_grid(tiny_pipeline_dir, tmp_path):
+    from PIL import Image
+
+    run = tmp_path / "run"
+    train(config(tiny_pipeline_dir, run, **{"raft.rounds": 2}), progress=False)
+    for r in (0, 1, 2):
+        folder = run / "eval" / f"round-{r:04d}"
+        scores = json.loads((folder / "scores.json").read_text())
+        assert scores["ids"] == ["eval-p0-k0", "eval-p1-k0"] and set(scores["scores"]) == {
+            "jpeg-compressibility", "tests.test_early_stop:FallingGuard"}
+        assert all((folder / f"{i}.png").is_file() for i in scores["ids"])
+    # the same prompts and seeds every eval round: the untrained round-0 images are those of a fresh base model
+    grid = Image.open(run / "before_after.png")
+    assert grid.size[0] >= 4 * 160, "two pairs side by side"
+
+
+def test_early_stop_config_errors(tiny_pipeline_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"raft.early_stop 'nope' is not a held-out scorer of this run; name one of reward.eval_scorers"):
+        config(tiny_pipeline_dir, tmp_path, **{"raft.early_stop": "nope"})
+    with pytest.raises(ConfigError, match="raft.early_stop_patience must be >= 1"):
+        config(tiny_pipeline_dir, tmp_path, **{"raft.early_stop_patience": 0})
