@@ -24,29 +24,18 @@ SUMMARY = "summary.json"
 
 
 def run_summary(run_dir: Path, history: History, scorer_name: str, eval_names: list[str],
-                read_file: bool = True) -> dict[str, Any]:
+                read_file: bool = True, guard: str | None = None) -> dict[str, Any]:
     """``summary.json`` (with ``read_file``; the run writes it at its end) when present, else the same
-    keys from the eval rows: the reward and the first held-out scorer before training (round 0) and
-    at the last eval round."""
+    figures from the History (:func:`~raft_diffusion.core.early_stop.summarize`)."""
+    from raft_diffusion.core.early_stop import summarize
+
     path = Path(run_dir) / SUMMARY
-    summary: dict[str, Any] = {}
     if read_file and path.is_file():
         try:
-            summary = json.loads(path.read_text(encoding="utf-8"))
+            return json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             log.warning("%s is unreadable (%s); the report uses eval.jsonl instead", path, exc)
-    evals = history.evals
-    first = evals[0] if evals and evals[0].get("round") == 0 else None
-    last = evals[-1] if evals and evals[-1].get("round", 0) > 0 else None
-    fidelity = summary.get("fidelity_name", next(iter(eval_names), None))
-    fallback = {
-        "rounds_run": history.rounds[-1]["round"] if history.rounds else 0,
-        "best_round": None, "stop_reason": None, "reward_name": scorer_name,
-        "reward_before": (first or {}).get(scorer_name), "reward_after": (last or {}).get(scorer_name),
-        "fidelity_name": fidelity, "fidelity_before": (first or {}).get(fidelity) if fidelity else None,
-        "fidelity_after": (last or {}).get(fidelity) if fidelity else None,
-    }
-    return {**fallback, **summary}
+    return summarize(history, guard, scorer_name, eval_names)
 
 
 class RunOutputs:
@@ -94,7 +83,8 @@ class RunOutputs:
     def summary(self, history: History, final: bool = True) -> dict[str, Any]:
         """The run's figures: ``summary.json`` at the end (``final``), the eval rows before (a resumed
         run's folder may hold the summary of its previous end)."""
-        return run_summary(self.run_dir, history, self.scorer_name, list(self.cfg.reward.eval_scorers), read_file=final)
+        return run_summary(self.run_dir, history, self.scorer_name, list(self.cfg.reward.eval_scorers), read_file=final,
+                           guard=self.cfg.raft.early_stop)
 
     def info(self) -> dict[str, Any]:
         """The facts the report shows first."""

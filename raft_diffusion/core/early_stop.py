@@ -87,27 +87,34 @@ def promote_best(run_dir: Path) -> bool:
     return True
 
 
-def finish(run_dir: Path, history: History, guard: str | None, reward: str, eval_names: Sequence[str]) -> dict[str, Any]:
-    """End of a run: under a guard the final weights become the best round's (:func:`promote_best`);
-    ``summary.json`` records the best round, why the run stopped, and the reward and the guard (or
-    the first held-out scorer) before training and at the best (else the last) eval round."""
+def summarize(history: History, guard: str | None, reward: str, eval_names: Sequence[str]) -> dict[str, Any]:
+    """The run's figures: the best round, why it stopped, and the reward and the guard (or the first
+    held-out scorer) before training (round 0) and at the best (else the last) eval round."""
     rounds, evals = history.rounds, history.evals
     best = rounds[-1].get("best_round") if rounds else None
-    if guard and best is not None and best != rounds[-1]["round"] and promote_best(run_dir):
-        log.info("final weights: round %d, the best by %s", best, guard)
     fidelity = guard or next(iter(eval_names), None)
     first = evals[0] if evals and evals[0].get("round") == 0 else None
     last = next((e for e in evals if e.get("round") == best), None) if best is not None else None
-    last = last or (evals[-1] if evals else None)
+    last = last or (evals[-1] if evals and evals[-1].get("round", 0) > 0 else None)
 
     def reading(row: dict[str, Any] | None, name: str | None) -> Any:
         return None if row is None or name is None else row.get(name)
 
-    summary = {
+    return {
         "rounds_run": rounds[-1]["round"] if rounds else 0, "best_round": best,
         "stop_reason": rounds[-1].get("stop_reason") if rounds else None,
         "reward_name": reward, "reward_before": reading(first, reward), "reward_after": reading(last, reward),
         "fidelity_name": fidelity, "fidelity_before": reading(first, fidelity), "fidelity_after": reading(last, fidelity),
     }
+
+
+def finish(run_dir: Path, history: History, guard: str | None, reward: str, eval_names: Sequence[str]) -> dict[str, Any]:
+    """End of a run: under a guard the final weights become the best round's (:func:`promote_best`),
+    and ``summary.json`` records :func:`summarize`."""
+    rounds = history.rounds
+    best = rounds[-1].get("best_round") if rounds else None
+    if guard and best is not None and best != rounds[-1]["round"] and promote_best(run_dir):
+        log.info("final weights: round %d, the best by %s", best, guard)
+    summary = summarize(history, guard, reward, eval_names)
     write_json(Path(run_dir) / "summary.json", summary)
     return summary
