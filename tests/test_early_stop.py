@@ -102,3 +102,12 @@ def test_early_stop_config_errors(tiny_pipeline_dir, tmp_path):
         config(tiny_pipeline_dir, tmp_path, **{"raft.early_stop": "nope"})
     with pytest.raises(ConfigError, match="raft.early_stop_patience must be >= 1"):
         config(tiny_pipeline_dir, tmp_path, **{"raft.early_stop_patience": 0})
+
+
+def test_diverging_names_held_out_scorers_that_fall_while_the_reward_rises():
+    from raft_diffusion.core.early_stop import diverging
+
+    evals = [{"round": 0, "r": 1.0, "clip": 70.0, "other": 1.0}, {"round": 1, "r": 1.5, "clip": 60.0, "other": 1.2}]
+    assert diverging(evals, "r", ["clip", "other"]) == ["clip"]
+    assert diverging([evals[0], {**evals[1], "r": 0.9}], "r", ["clip"]) == [], "the reward fell too: no gaming"
+    assert diverging(evals[:1], "r", ["clip"]) == [] and diverging(evals, "r", []) == []

@@ -64,6 +64,17 @@ def decide(evals: Sequence[dict[str, Any]], rounds: Sequence[dict[str, Any]], gu
     return StopDecision(best, reason)
 
 
+def diverging(evals: Sequence[dict[str, Any]], reward: str, held_out: Sequence[str]) -> list[str]:
+    """The held-out scorers that read lower at the latest eval round than before training (round 0)
+    while the reward reads higher: the reward is being gamed rather than the task learned."""
+    if len(evals) < 2 or evals[0].get("round") != 0:
+        return []
+    first, last = evals[0], evals[-1]
+    if not (_finite(first.get(reward)) and _finite(last.get(reward)) and last[reward] > first[reward]):
+        return []
+    return [n for n in held_out if n != reward and _finite(first.get(n)) and _finite(last.get(n)) and last[n] < first[n]]
+
+
 def promote_best(run_dir: Path) -> bool:
     """Make the weights saved in ``run_dir/best`` the run's final weights (files and folders replaced
     atomically, one by one). False when there is nothing saved there."""

@@ -204,11 +204,13 @@ class RaftLoop:
             if stopped:
                 break
             row = self.run_round(r)
-            if s.eval_every and (r % s.eval_every == 0 or r == s.rounds):
-                ev = self.evaluate(r)
-                if ev is not None:
-                    self.history.evals.append(ev)
+            ev = self.evaluate(r) if s.eval_every and (r % s.eval_every == 0 or r == s.rounds) else None
+            if ev is not None:
+                self.history.evals.append(ev)
             self.history.rounds.append(row)
+            falling = early_stop.diverging(self.history.evals, self.scorer_name, list(self.eval_scorers)) if ev else []
+            if falling:
+                row["diverging"] = falling
             decision = early_stop.decide(self.history.evals, self.history.rounds, s.early_stop, s.early_stop_tolerance,
                                          s.early_stop_patience)
             if s.early_stop:
@@ -229,6 +231,9 @@ class RaftLoop:
                     "round %d/%d: reward %.4f (unbiased) | kept %.4f | mean %.4f | %.1fs",
                     r, s.rounds, row["reward_unbiased"], row["reward_kept"], row["reward_mean"], row["time_round_s"],
                 )
+                if falling:
+                    log.warning("round %d: the eval reward rose since round 0 while held-out %s fell: the reward may be "
+                                "gamed (see before_after.png; raft.early_stop guards against it)", r, ", ".join(falling))
                 if stopped:
                     log.info("stopping early after round %d: %s", r, stopped)
             if self.on_round:
