@@ -14,7 +14,8 @@ import sys
 sys.path.insert(0, ".")
 from tests.test_bad_input import CASES
 s = open("README.md").read()
-bad = "| case | message contains |\n|---|---|\n" + "\n".join(
-    f"| {cid} | `{frag.replace('{tmp}/', '').replace('{tmp}', 'DIR').replace('|', '/')}` |" for cid, _, frag in CASES)
-s = re.sub(r"(<!-- bad-input:[^\n]*-->\n)(?:BAD_INPUT_TABLE|\| case \| message contains \|\n(?:\|[^\n]*\n)*)", lambda m: m.group(1) + bad + "\n", s)
+bad = "| class | case | message contains |\n|---|---|---|\n" + "\n".join(
+    f"| {kind} | {cid} | `{frag.replace('{tmp}/', '').replace('{tmp}', 'DIR').replace('|', '/')}` |"
+    for kind, cid, _, frag in sorted(CASES, key=lambda c: [k for k, *_ in CASES].index(c[0])))
+s = re.sub(r"(<!-- bad-input:[^\n]*-->\n)(?:BAD_INPUT_TABLE|\|(?: class \|)? case \| message contains \|\n(?:\|[^\n]*\n)*)", lambda m: m.group(1) + bad + "\n", s)
 open("README.md", "w").write(s)

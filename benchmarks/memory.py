@@ -48,6 +48,8 @@ def run_variant(args, name: str) -> dict:
             # the settings the measured figures were taken with (the embedded default's differ)
             "prompts.train": "cifar10", "prompts.template": "a photo of a {}", "reward.eval_scorers": {},
             "sampling.scheduler": "ddim", "sampling.guidance_scale": 7.5, "lora.rank": 4, "train.learning_rate": 1e-4,
+            "lora.target_modules": [], "train.caption_dropout": 0.0, "train.kl_weight": 0.0, "train.latents": "sampled",
+            "ranking.filter": None, "raft.early_stop": None,
             "output.dir": f"{tmp}/run", **VARIANTS[name],
         })
         try:

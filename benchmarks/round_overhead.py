@@ -34,6 +34,8 @@ def settings(args):
         # what the bare round does (the embedded default's miniworld prompts, sampler and eval differ)
         "prompts.train": "cifar10", "prompts.template": "a photo of a {}", "prompts.eval": None,
         "reward.eval_scorers": {}, "sampling.scheduler": "ddim", "train.learning_rate": 1e-4,
+        "lora.target_modules": [], "train.caption_dropout": 0.0,
+        "train.kl_weight": 0.0, "train.latents": "sampled", "ranking.filter": None, "raft.early_stop": None,
     }
 
 

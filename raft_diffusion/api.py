@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from raft_diffusion import provenance, run_folder
 from raft_diffusion.config import RaftConfig
 from raft_diffusion.core.backend import Backend, Samples
 from raft_diffusion.core.loop import LoopSettings, RaftLoop, RoundCallback, SampleFilter
 from raft_diffusion.core.records import History
-from raft_diffusion.errors import ConfigError, ModelError
+from raft_diffusion.errors import ConfigError
 from raft_diffusion.generate import generate  # noqa: F401  (re-exported: the Python API's generate)
 
 log = logging.getLogger(__name__)
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints")
+RUN_MARKERS = run_folder.MARKERS
 
 
 # ------------------------------------------------------------------ pieces, each usable alone
@@ -108,21 +108,22 @@ def loop_settings(cfg: RaftConfig) -> LoopSettings:
 
 
 def prepare_run_dir(cfg: RaftConfig) -> Path:
-    """Create or check the run folder. A folder holding another run is refused unless resuming or overwriting."""
+    """Create or check the run folder. A folder holding another run is refused unless resuming or overwriting;
+    an overwritten run is removed later, once the new run is built (:func:`build_loop`)."""
     run_dir = Path(cfg.output.dir).expanduser()
-    holds_run = run_dir.is_dir() and any((run_dir / m).exists() for m in RUN_MARKERS)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output.dir {str(run_dir)!r} is a file; choose a folder")
-    if holds_run and cfg.output.overwrite:
-        log.warning("overwriting the run in %s", run_dir)
-        shutil.rmtree(run_dir)
-    elif holds_run and not cfg.output.resume:
+    holds_run = run_folder.is_run_folder(run_dir)
+    if run_dir.is_dir() and not holds_run and any(run_dir.iterdir()):
+        if cfg.output.overwrite:
+            raise ConfigError(f"output.dir {str(run_dir)!r} is not empty and holds no run, and --overwrite replaces only a "
+                              "raft-diffusion run; choose an empty or new folder")
+        raise ConfigError(f"output.dir {str(run_dir)!r} is not empty and holds no run; choose an empty or new folder")
+    if holds_run and not cfg.output.resume and not cfg.output.overwrite:
         raise ConfigError(
             f"output.dir {str(run_dir)!r} already holds a run; pass --resume latest to continue it, "
             "--overwrite to replace it, or choose another --output.dir"
         )
-    elif run_dir.is_dir() and not holds_run and any(run_dir.iterdir()):
-        raise ConfigError(f"output.dir {str(run_dir)!r} is not empty and holds no run; choose an empty or new folder")
     if holds_run and cfg.output.resume:
         _check_resumable(cfg, run_dir)
     try:
@@ -136,23 +137,30 @@ def prepare_run_dir(cfg: RaftConfig) -> Path:
 
 
 def _check_resumable(cfg: RaftConfig, run_dir: Path) -> None:
-    """The saved run must use the same model and LoRA shape as the config that resumes it."""
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file():
-        return
-    from raft_diffusion.config import read_yaml
+    """The config that resumes a run keeps its LoRA shape, and changes nothing its completed rounds mean
+    unless ``output.allow_config_change`` (see :mod:`raft_diffusion.resume_check`)."""
+    from raft_diffusion import resume_check
 
-    saved = read_yaml(saved_path)
-    now = cfg.to_dict()
-    for section, key in (("backend", None), ("model", "pretrained"), ("lora", "rank"), ("lora", "target_modules")):
-        a = saved.get(section) if key is None else saved.get(section, {}).get(key)
-        b = now.get(section) if key is None else now[section][key]
-        if a != b:
-            name = section if key is None else f"{section}.{key}"
-            raise ModelError(
-                f"cannot resume {str(run_dir)!r}: it was trained with {name} = {a!r}, this config has {b!r}; "
-                "resume with the run's own config or start a new --output.dir"
-            )
+    try:
+        done = [int(r["round"]) for r in History.load(run_dir).rounds]
+    except (OSError, ValueError, KeyError, TypeError):
+        done = []
+    resume_check.check(cfg, run_dir, max(done, default=0))
+
+
+def record_config(cfg: RaftConfig, run_dir: Path, next_round: int) -> None:
+    """``config.yaml`` for a new run; on a resume that changed settings, the change (``config-changes.jsonl``,
+    ``config.resume-N.yaml``): the run's first ``config.yaml`` is never overwritten."""
+    from raft_diffusion import resume_check
+    from raft_diffusion.config import read_yaml
+    from raft_diffusion.core.atomic import atomic_path
+
+    saved = resume_check.latest_config(run_dir)
+    if cfg.output.resume and saved.is_file():
+        resume_check.record(cfg, run_dir, resume_check.changes(read_yaml(saved), cfg.to_dict()), next_round)
+        return
+    with atomic_path(run_dir / "config.yaml") as tmp:
+        cfg.to_yaml(tmp)
 
 
 # ------------------------------------------------------------------ the whole job
@@ -168,7 +176,7 @@ def build_loop(
     from raft_diffusion.core import distributed
     from raft_diffusion.run_outputs import RunOutputs
 
-    cfg = cfg or RaftConfig()
+    cfg = checked(cfg or RaftConfig())
     # under `accelerate launch` the main process alone prepares and writes the run folder; a
     # failure anywhere stops every process (Distributed.call); one process: plain calls
     dist = distributed.get()
@@ -179,6 +187,7 @@ def build_loop(
     run_dir = prepared if prepared is not None else Path(cfg.output.dir).expanduser()
 
     def pieces() -> tuple[Any, ...]:
+        provenance.reset()
         reward_fn, scorer_name = build_scorer(cfg, scorer)
         eval_scorers = build_eval_scorers(cfg)
         stream, eval_prompts = build_prompts(cfg)
@@ -191,13 +200,20 @@ def build_loop(
         return reward_fn, scorer_name, eval_scorers, stream, eval_prompts, filt, backend
 
     reward_fn, scorer_name, eval_scorers, stream, eval_prompts, filt, backend = dist.call("building the run", pieces)
+    if cfg.output.overwrite:  # only now that the new run is built: a config that fails leaves the old run whole
+        dist.call("removing the previous run (--overwrite)",
+                  lambda: run_folder.clear_run(run_dir) if run_folder.is_run_folder(run_dir) else [], main_only=True)
 
     # the reward curve, report.html, trackers (output.report_to), model card and hub push; a setup
     # failure (a tracker not installed, no hub login) stops every process before training
     family = getattr(getattr(backend, "family", None), "name", None)
     outputs = dist.call("setting up the run outputs", lambda: RunOutputs(cfg, run_dir, scorer_name, family=family))
 
+    models_json: list[Path] = []  # what provenance.write returned (main process)
+
     def after_round(r: int, history: History) -> None:
+        if models_json:  # models loaded on first use (a scorer's backbone) join models.json
+            provenance.update(models_json[0], cfg)
         outputs.on_round(r, history)
         if on_round:
             on_round(r, history)
@@ -209,7 +225,14 @@ def build_loop(
     loop.outputs = outputs
     if cfg.output.resume and not loop.resume(cfg.output.resume):
         log.info("no checkpoint in %s yet: starting from round 1", run_dir)
-    dist.call("writing config.yaml", lambda: cfg.to_yaml(run_dir / "config.yaml"), main_only=True)
+    from raft_diffusion.core.stages import run_stage
+
+    def records() -> None:  # config.yaml (or the resume's changes) and models.json
+        record_config(cfg, run_dir, loop.next_round)
+        models_json.append(provenance.write(run_dir, cfg))
+
+    what = "writing config.yaml and models.json"  # a full disk here names the last completed round
+    dist.call(what, lambda: run_stage(loop.next_round - 1, what, records), main_only=True)
     log.info("run folder: %s (%s backend, model %s, scorer %s)", run_dir, cfg.backend, cfg.model.pretrained, scorer_name)
     return loop
 
@@ -231,5 +254,23 @@ def train(
     loop = build_loop(cfg, scorer=scorer, sample_filter=sample_filter, on_round=on_round, progress=progress)
     history = loop.run()
     if loop.dist.is_main:  # report.html, README.md, trackers closed, hub upload
-        loop.outputs.finish(history)
+        from raft_diffusion.core.stages import os_error_message
+        from raft_diffusion.errors import RunError
+
+        try:
+            loop.outputs.finish(history)
+        except OSError as exc:  # a full disk: the rounds are done; --resume latest writes these again
+            last = history.rounds[-1]["round"] if history.rounds else 0
+            raise RunError(os_error_message(last, "writing report.html and the model card", exc)) from exc
     return history
+
+
+def checked(cfg: RaftConfig) -> RaftConfig:
+    """``cfg`` validated again (it may have been changed since it was built): every field's type, finite
+    numbers, the cross-field checks. Raises ConfigError naming the field."""
+    if not isinstance(cfg, RaftConfig):
+        raise ConfigError(f"train() takes a RaftConfig (load_config(...) or RaftConfig()), got {type(cfg).__name__}")
+    from raft_diffusion.config import validate
+
+    validate(cfg)
+    return cfg

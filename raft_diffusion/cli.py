@@ -9,6 +9,7 @@ import logging
 import os
 import pkgutil
 import sys
+import traceback
 from typing import Sequence
 
 from raft_diffusion import __version__
@@ -32,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"raft_diffusion.commands.{info.name}")
         module.register(sub)
     _add_plugin_commands(sub)
+    for command in sub.choices.values():  # -v after the command too: raft-diffusion train ... -v
+        try:
+            command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                 help="log at DEBUG level and show the traceback of a failure")
+        except argparse.ArgumentError:  # a plugin command that defines -v itself
+            pass
     return parser
 
 
@@ -83,17 +90,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except RaftError as exc:
-        from raft_diffusion.errors import RunError
-
-        print(f"raft-diffusion: error: {exc}", file=sys.stderr)
-        return 1 if isinstance(exc, RunError) else 2
     except KeyboardInterrupt:
         print("raft-diffusion: interrupted; completed rounds are on disk (resume with --resume)", file=sys.stderr)
         return 130
-    except FileNotFoundError as exc:
-        print(f"raft-diffusion: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # noqa: BLE001 - every failure ends as one line (the traceback with -v)
+        code, line = exit_status(exc)
+        if args.verbose:
+            traceback.print_exc(file=sys.stderr)
+        print(f"raft-diffusion: error: {line}", file=sys.stderr)
+        return code
+
+
+def exit_status(exc: BaseException) -> tuple[int, str]:
+    """(exit status, one-line message) of a failure: 2 for bad input (a ConfigError and the other input
+    errors, a missing file), 1 for a run that failed (RunError) or an unexpected error."""
+    from raft_diffusion.errors import RunError
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, RaftError):
+        return (1 if isinstance(exc, RunError) else 2), text
+    if isinstance(exc, FileNotFoundError):
+        return 2, text
+    if isinstance(exc, OSError):
+        return 1, f"{text}; check the disk and the path, then rerun (a run continues with --resume latest)"
+    return 1, f"unexpected {type(exc).__name__}: {text or 'no message'}; rerun with -v for the traceback and report it"
 
 
 if __name__ == "__main__":

@@ -53,12 +53,12 @@ class ModelConfig:
 @dataclass
 class RaftSection:
     rounds: int = _f(3, "number of RAFT rounds (stages)")
-    k: int = _f(4, "samples per prompt; the paper keeps 1 of K (acceptance ratio 1/K)")
+    k: int = _f(8, "samples per prompt; the paper keeps 1 of K (acceptance ratio 1/K)")
     prompts_per_round: int = _f(8, "b, the number of prompts sampled each round")
     seed: int = _f(0, "base seed: per-sample generation seeds, training noise, prompt shuffling")
     eval_every: int = _f(1, "evaluate the eval prompts every N rounds (0: only before and after)")
     eval_samples_per_prompt: int = _f(2, "samples per eval prompt (fixed seeds, paired across rounds)")
-    early_stop: Union[str, None] = _f(None, "a held-out scorer that guards the run (a reward.eval_scorers name, or the reward's "
+    early_stop: Union[str, None] = _f("miniworld-clip", "a held-out scorer that guards the run (a reward.eval_scorers name, or the reward's "
                                       "name): stop when it falls more than early_stop_tolerance below its start; the final "
                                       "LoRA is the best round by it. null disables")
     early_stop_tolerance: float = _f(0.05, "with early_stop: the relative fall below the guard's start (0.05 = 5%) that stops the run")
@@ -79,7 +79,7 @@ class PromptsConfig:
 class SamplingConfig:
     scheduler: Union[str, None] = _f("dpm++", f"sampler: {', '.join(SCHEDULERS)} (dpm++ = DPM-Solver++ multistep); null keeps the pipeline's own (flow models)")
     steps: int = _f(10, "denoising steps per image")
-    guidance_scale: float = _f(5.0, "classifier-free guidance scale (1 disables guidance)")
+    guidance_scale: float = _f(3.0, "classifier-free guidance scale (1 disables guidance)")
     height: Union[int, None] = _f(None, "image height in pixels, a multiple of 8 (default: the model's native size)")
     width: Union[int, None] = _f(None, "image width in pixels, a multiple of 8 (default: the model's native size)")
     batch_size: int = _f(32, "images generated per pipeline call")
@@ -114,7 +114,7 @@ class RankingConfig:
     top_n: int = _f(1, "per_prompt: samples kept per prompt")
     top_k: Union[int, None] = _f(None, "per_prompt_then_global: winners kept overall (the authors' notebook: 8 of 10)")
     nonfinite: str = _f("error", "'error' stops on a NaN/inf reward; 'exclude' drops and counts such samples")
-    filter: Union[str, None] = _f(None, "'module:function' (samples, rewards) -> N bools; False discards before ranking")
+    filter: Union[str, None] = _f("raft_diffusion.miniworld.fidelity:faithful", "'module:function' (samples, rewards) -> N bools; False discards before ranking")
     filter_pattern: Union[str, None] = _f(None, "LLM: discard responses matching this regex (the paper's '#' fix)")
     min_response_chars: int = _f(0, "LLM: discard responses shorter than this")
     kl_beta: float = _f(0.0, "LLM: KL-regularised selection r - beta * log(p_model / p_initial); 0 disables")
@@ -122,19 +122,21 @@ class RankingConfig:
 
 @dataclass
 class LoraConfig:
-    rank: int = _f(8, "LoRA rank r")
+    rank: int = _f(16, "LoRA rank r")
     alpha: Union[float, None] = _f(None, "LoRA alpha (default: equal to rank)")
     dropout: float = _f(0.0, "LoRA dropout")
-    target_modules: list = _f([], "module names to adapt; empty: the model family's default (the attention projections)")
+    target_modules: list = _f(["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"],
+                              "module names to adapt; empty: the model family's default (the attention projections). "
+                              "The default, for the miniworld's UNet: attention, resnet convs and feed-forward")
     init: str = _f("default", "'default' (B = 0: starts as the base model) or 'gaussian'")
 
 
 @dataclass
 class TrainConfig:
     learning_rate: float = _f(1e-3, "AdamW learning rate (the authors' notebook: 9e-6 for SD 1.5)")
-    steps_per_round: Union[int, None] = _f(30, "optimizer steps per round; null: epochs_per_round passes over the kept set")
+    steps_per_round: Union[int, None] = _f(20, "optimizer steps per round; null: epochs_per_round passes over the kept set")
     epochs_per_round: int = _f(1, "passes over the kept set per round when steps_per_round is null")
-    batch_size: int = _f(8, "samples per micro-batch")
+    batch_size: int = _f(16, "samples per micro-batch")
     gradient_accumulation_steps: int = _f(1, "micro-batches per optimizer step")
     max_grad_norm: Union[float, None] = _f(1.0, "gradient clipping norm (null disables)")
     lr_scheduler: str = _f("constant", f"{', '.join(LR_SCHEDULERS)}; spans all rounds")
@@ -151,15 +153,15 @@ class TrainConfig:
     logit_std: float = _f(1.0, "flow models, logit_normal: its standard deviation")
     mode_scale: float = _f(1.29, "flow models, mode: scale of the mode weighting")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward: less memory, ~30% slower")
-    caption_dropout: float = _f(0.0, "diffusion: fraction of kept samples trained against the empty (negative) prompt, so "
+    caption_dropout: float = _f(0.5, "diffusion: fraction of kept samples trained against the empty (negative) prompt, so "
                                  "the unconditional branch that guidance subtracts learns them too; high guidance "
                                  "otherwise amplifies the LoRA's drift round after round (0.1-0.2 is typical)")
-    kl_weight: float = _f(0.0, "diffusion: weight of ||eps_lora - eps_base||^2 added to the loss on the trained "
+    kl_weight: float = _f(0.3, "diffusion: weight of ||eps_lora - eps_base||^2 added to the loss on the trained "
                            "samples, a pull toward the base model's predictions (the per-step KL between the two "
                            "reverse processes, up to a constant); one more UNet forward per micro-batch; 0 disables")
     kl_anchor: str = _f("base", "diffusion, with kl_weight: 'base' pulls toward the base model; 'round' toward the model "
                          "as it was when the round's training began (a trust region per round, so gains compound)")
-    latents: str = _f("sampled", "diffusion: what the kept samples are trained as: 'sampled' (the sampler's final latents) "
+    latents: str = _f("encoded", "diffusion: what the kept samples are trained as: 'sampled' (the sampler's final latents) "
                       "or 'encoded' (the kept images back through the VAE encoder, posterior mean, as the paper's code "
                       "trains on saved images; latents that guidance pushed off the VAE's manifold do not compound)")
     mask_prompt: bool = _f(True, "LLM: exclude prompt tokens from the SFT loss")
@@ -170,6 +172,9 @@ class OutputConfig:
     dir: str = _f("runs/default", "run folder: config, metrics.jsonl, grids, checkpoints, final LoRA")
     overwrite: bool = _f(False, "replace a folder that holds another run")
     resume: Union[str, None] = _f(None, "'latest' or a checkpoint folder: continue a stopped run")
+    allow_config_change: bool = _f(False, "resume with settings that change what the completed rounds mean (raft.k, "
+                                   "seed, ranking, prompts, reward, sampling, training, model; --allow-changes): "
+                                   "recorded in config-changes.jsonl and config.resume-N.yaml")
     keep_checkpoints: Union[int, None] = _f(2, "keep the newest N round checkpoints (null keeps all)")
     save_grids: bool = _f(True, "write an image grid per round")
     save_kept: bool = _f(True, "write the kept samples (PNG images / JSONL responses)")
@@ -247,14 +252,12 @@ def read_yaml(source: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"config file {str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}; fix the syntax") from None
+    from raft_diffusion.config_yaml import load_config_text
+
+    data = load_config_text(text, f"config file {str(path)!r}")
     if data is None:
-        return {}
+        raise ConfigError(f"config file {str(path)!r} is empty (no settings); give at least one setting, "
+                          "or leave the config out to run the embedded default")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(data).__name__}")
     return data
@@ -262,8 +265,12 @@ def read_yaml(source: str | Path) -> dict[str, Any]:
 
 def parse_value(text: str) -> Any:
     """A CLI override value parsed as YAML scalar/list ("8" -> 8, "null" -> None, "[a, b]" -> list)."""
+    from raft_diffusion.config_yaml import DuplicateKey, load
+
     try:
-        return yaml.safe_load(text)
+        return load(text)
+    except DuplicateKey as exc:
+        raise ConfigError(f"the override value {text!r} repeats the key {exc.key!r}; keep one of them") from None
     except yaml.YAMLError:
         return text
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Union
@@ -38,14 +39,19 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return int(value)
         raise ConfigError(f"{where} must be an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where} must be a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}; give a real value")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -83,6 +89,20 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         else:
             kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
     return cls(**kwargs)
+
+
+def check_types(obj: Any, prefix: str = "") -> None:
+    """Coerce every field of a built config dataclass in place (as :func:`_build` does for plain data), so a
+    config made or changed in Python gets the same one-line errors (wrong type, NaN/inf, a section replaced)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        tp, value, where = hints[f.name], getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, tp):
+                raise ConfigError(f"{where} must be a {tp.__name__} section, got {type(value).__name__}; set its fields instead")
+            check_types(value, f"{where}.")
+        else:
+            object.__setattr__(obj, f.name, _coerce(value, tp, where))
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

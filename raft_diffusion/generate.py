@@ -20,7 +20,7 @@ from raft_diffusion.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: what ``generate`` uses when neither the caller nor a run's config says
-DEFAULTS: dict[str, Any] = {"pretrained": "tiny", "family": None, "scheduler": "ddim", "steps": 20, "guidance_scale": 7.5,
+DEFAULTS: dict[str, Any] = {"pretrained": "tiny", "family": None, "scheduler": None, "steps": 20, "guidance_scale": 7.5,
                             "height": None, "width": None, "dtype": "float32", "negative_prompt": None, "seed": 0,
                             "num_images": 1}
 #: the run's eval seeds are sample_seed(raft.seed + EVAL_SEED_OFFSET, 0, i), as the round loop draws them
@@ -28,12 +28,14 @@ EVAL_SEED_OFFSET = 7919
 
 
 def run_settings(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
-    """(generate's settings from a run folder's ``config.yaml``, the run's eval prompt texts)."""
+    """(generate's settings from a run folder's config (the newest ``config.resume-N.yaml`` when a resume
+    changed it, else ``config.yaml``), the run's eval prompt texts)."""
     import prompts as prompt_sets
 
     from raft_diffusion.config import load_config
+    from raft_diffusion.resume_check import latest_config
 
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(latest_config(run_dir))
     m, s, p = cfg.model, cfg.sampling, cfg.prompts
     settings = {"pretrained": m.pretrained, "family": m.family, "scheduler": s.scheduler, "steps": s.steps,
                 "guidance_scale": s.guidance_scale, "height": s.height, "width": s.width, "dtype": m.dtype,

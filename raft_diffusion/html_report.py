@@ -15,6 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from raft_diffusion.core.atomic import atomic_path
 from raft_diffusion.core.records import History
 from raft_diffusion.svg_chart import line_chart
 
@@ -137,7 +138,7 @@ def write_report(run_dir: Path, config_yaml: str, history: History, scorer_name:
                  info: dict[str, Any], held_out: Sequence[str] = ()) -> Path:
     """Write ``run_dir/report.html`` atomically; returns its path."""
     path = Path(run_dir) / REPORT
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(render_report(run_dir, config_yaml, history, scorer_name, summary, info, held_out), encoding="utf-8")
-    os.replace(tmp, path)
+    text = render_report(run_dir, config_yaml, history, scorer_name, summary, info, held_out)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return path

@@ -16,6 +16,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CARD = "README.md"
+#: the card's last line: a README.md carrying it is a run's own card (``--overwrite`` may replace it)
+CARD_MARKER = "<!-- model card written by raft-diffusion -->"
+#: where the card goes when the run folder holds a README.md of yours
+OTHER_CARD = "MODEL_CARD.md"
 _SNAPSHOT = re.compile(r"models--(?P<owner>[^/\\]+?)--(?P<name>[^/\\]+)[/\\]snapshots[/\\]")
 
 
@@ -110,7 +114,7 @@ def card_text(cfg: Any, history: Any, scorer_name: str, summary: dict[str, Any],
         lines += ["![Eval images before training (left of each pair) and after](before_after.png)", ""]
     lines += ["## Use", "", *(_llm_usage(base_id or base, lora_ref, for_hub) if llm else
                               _diffusion_usage(base_id or base, lora_ref, _example_prompt(history), for_hub))]
-    lines += ["", "`report.html` beside this card holds every round's curves, metrics and sample grids.", ""]
+    lines += ["", "`report.html` beside this card holds every round's curves, metrics and sample grids.", "", CARD_MARKER, ""]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
 
 
@@ -138,9 +142,18 @@ def _llm_usage(base: str, lora: str, on_hub: bool) -> list[str]:
 
 
 def write_card(run_dir: Path, text: str) -> Path:
-    """Save the card as ``run_dir/README.md`` (parsed by ``huggingface_hub.ModelCard`` first)."""
+    """Save the card as ``run_dir/README.md`` (parsed by ``huggingface_hub.ModelCard`` first); a README.md
+    that is not a run's card (yours, kept by ``--overwrite``) stays, and the card goes to ``MODEL_CARD.md``."""
     from huggingface_hub import ModelCard
 
+    from raft_diffusion.core.atomic import atomic_path
+    from raft_diffusion.run_folder import is_our_card
+
     path = Path(run_dir) / CARD
-    ModelCard(text).save(path)
+    if path.is_file() and not is_our_card(path):
+        log.warning("%s is not a model card raft-diffusion wrote: it is kept, and the card is %s", path, OTHER_CARD)
+        path = Path(run_dir) / OTHER_CARD
+    card = ModelCard(text)
+    with atomic_path(path) as tmp:
+        card.save(tmp)
     return path

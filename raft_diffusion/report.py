@@ -10,6 +10,8 @@ from typing import Sequence
 
 import torch
 
+from raft_diffusion.core.atomic import atomic_path
+
 log = logging.getLogger(__name__)
 
 
@@ -42,9 +44,8 @@ def image_grid(images: torch.Tensor, captions: Sequence[str], columns: int, cell
 
 
 def save_atomic_image(image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    image.save(tmp, format="PNG", compress_level=1)  # fast zlib level: a round writes many images
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", compress_level=1)  # fast zlib level: a round writes many images
 
 
 def diversity(images: torch.Tensor, groups: Sequence[int], size: int = 32) -> dict[int, float]:
@@ -83,10 +84,11 @@ def reward_curve(rows: Sequence[dict], path: Path, eval_rows: Sequence[dict] = (
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -105,10 +107,9 @@ def save_eval_images(run_dir: Path, round_index: int, images: torch.Tensor, ids:
     folder.mkdir(parents=True, exist_ok=True)
     for image, sid in zip(images, ids):
         save_atomic_image(to_pil(image), folder / f"{sid}.png")
-    tmp = folder / f".scores.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"ids": list(ids), "prompts": list(prompts),
-                               "scores": {k: [float(v) for v in vals] for k, vals in scores.items()}}))
-    os.replace(tmp, folder / "scores.json")
+    with atomic_path(folder / "scores.json") as tmp:
+        tmp.write_text(json.dumps({"ids": list(ids), "prompts": list(prompts),
+                                   "scores": {k: [float(v) for v in vals] for k, vals in scores.items()}}))
     return folder
 
 
@@ -125,19 +126,21 @@ def before_after_grid(run_dir: Path, round_index: int, max_pairs: int = 16) -> P
         return None
     b, a = json.loads((before / "scores.json").read_text()), json.loads((after / "scores.json").read_text())
     names = [n for n in b["scores"] if n in a["scores"]][:2]
+    prefix = os.path.commonprefix(names) if len(names) > 1 else ""
+    short = {n: (n[len(prefix):] or n)[:9] for n in names}  # "miniworld-clip" -> "clip"
     tiles, captions = [], []
     for i, sid in enumerate(b["ids"][:max_pairs]):
         if sid not in a["ids"]:
             continue
         j = a["ids"].index(sid)
-        for label, folder, data, k in (("round 0", before, b, i), (f"round {round_index}", after, a, j)):
+        for label, folder, data, k in (("r0", before, b, i), (f"r{round_index}", after, a, j)):
             img = Image.open(folder / f"{sid}.png").convert("RGB")
             tiles.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255)
-            figures = " ".join(f"{n[:10]} {data['scores'][n][k]:.2f}" for n in names)
-            captions.append(f"{b['prompts'][i] if label == 'round 0' else ''}\n{label}: {figures}")
+            figures = " ".join(f"{short[n]} {data['scores'][n][k]:.2f}" for n in names)
+            captions.append(f"{b['prompts'][i] if label == 'r0' else ''}\n{label}: {figures}")
     if not tiles:
         return None
-    grid = image_grid(torch.stack(tiles), captions, columns=min(8, len(tiles)), cell=160)
+    grid = image_grid(torch.stack(tiles), captions, columns=min(8, len(tiles)), cell=192)
     path = Path(run_dir) / "before_after.png"
     save_atomic_image(grid, path)
     return path

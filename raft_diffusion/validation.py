@@ -39,7 +39,11 @@ def _check_strategy(name: str) -> None:
 
 
 def validate(cfg: RaftConfig) -> None:
-    """Cross-field checks; each failure names the field, the value and the fix."""
+    """Cross-field checks; each failure names the field, the value and the fix. Field types (and finite
+    floats) are checked first, so a config built or changed in Python fails the same way as a file."""
+    from raft_diffusion.config_types import check_types
+
+    check_types(cfg)
     _check(cfg.backend in ("diffusion", "llm"), f"backend must be 'diffusion' or 'llm', got {cfg.backend!r}")
     r = cfg.raft
     _check(r.rounds >= 1, f"raft.rounds must be >= 1, got {r.rounds}")
@@ -58,6 +62,7 @@ def validate(cfg: RaftConfig) -> None:
     _check(s.steps >= 1, f"sampling.steps must be >= 1, got {s.steps}")
     _check(s.batch_size >= 1, f"sampling.batch_size must be >= 1, got {s.batch_size}")
     _check(s.guidance_scale >= 0, f"sampling.guidance_scale must be >= 0, got {s.guidance_scale}")
+    _check(0 <= s.eta <= 1, f"sampling.eta must be in [0, 1] (0 = deterministic DDIM), got {s.eta}")
     for name in ("height", "width"):
         v = getattr(s, name)
         _check(v is None or (v > 0 and v % 8 == 0),
@@ -70,6 +75,7 @@ def validate(cfg: RaftConfig) -> None:
     _check(0 <= g.min_new_tokens <= g.max_new_tokens,
            f"generation.min_new_tokens = {g.min_new_tokens} must be between 0 and max_new_tokens ({g.max_new_tokens})")
     _check(g.batch_size >= 1, f"generation.batch_size must be >= 1, got {g.batch_size}")
+    _check(g.max_prompt_tokens >= 1, f"generation.max_prompt_tokens must be >= 1, got {g.max_prompt_tokens}")
     k = cfg.ranking
     _check_strategy(k.strategy)
     _check(k.top_n >= 1, f"ranking.top_n must be >= 1, got {k.top_n}")
@@ -77,6 +83,9 @@ def validate(cfg: RaftConfig) -> None:
     _check(k.top_k is None or k.top_k >= 1, f"ranking.top_k must be >= 1 or null, got {k.top_k}")
     _check(k.nonfinite in ("error", "exclude"), f"ranking.nonfinite must be 'error' or 'exclude', got {k.nonfinite!r}")
     _check(k.kl_beta >= 0, f"ranking.kl_beta must be >= 0, got {k.kl_beta}")
+    _check(k.min_response_chars >= 0, f"ranking.min_response_chars must be >= 0, got {k.min_response_chars}")
+    _check(cfg.prompts.eval_limit is None or cfg.prompts.eval_limit >= 1,
+           f"prompts.eval_limit must be >= 1 or null, got {cfg.prompts.eval_limit}")
     lo = cfg.lora
     _check(lo.rank >= 1, f"lora.rank must be >= 1, got {lo.rank}")
     _check(lo.alpha is None or lo.alpha > 0, f"lora.alpha must be > 0, got {lo.alpha}")
@@ -96,6 +105,12 @@ def validate(cfg: RaftConfig) -> None:
     _check(t.mixed_precision in (None, "no", "fp16", "bf16"),
            f"train.mixed_precision must be 'no', 'fp16' or 'bf16' (or null: from accelerate launch), got {t.mixed_precision!r}")
     _check(t.optimizer in ("adamw", "adamw8bit"), f"train.optimizer must be 'adamw' or 'adamw8bit', got {t.optimizer!r}")
+    for name in ("adam_beta1", "adam_beta2"):
+        _check(0.0 <= getattr(t, name) < 1.0, f"train.{name} must be in [0, 1), got {getattr(t, name)}; e.g. 0.9 / 0.999")
+    _check(t.adam_epsilon > 0, f"train.adam_epsilon must be > 0, got {t.adam_epsilon}; e.g. 1e-8")
+    _check(t.weight_decay >= 0, f"train.weight_decay must be >= 0 (0 disables), got {t.weight_decay}")
+    _check(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    _check(t.mode_scale >= 0, f"train.mode_scale must be >= 0, got {t.mode_scale}")
     _check(0.0 <= t.caption_dropout < 1.0, f"train.caption_dropout must be in [0, 1), got {t.caption_dropout}")
     _check(t.kl_weight >= 0.0, f"train.kl_weight must be >= 0 (0 disables), got {t.kl_weight}")
     _check(t.kl_anchor in ("base", "round"), f"train.kl_anchor must be 'base' or 'round', got {t.kl_anchor!r}")

@@ -35,7 +35,26 @@ def build(name: str, **kwargs: Any) -> Scorer:
         from scorers.custom import from_reference
 
         return from_reference(name, **kwargs)
-    return REGISTRY.build(name, **kwargs)
+    factory = REGISTRY.entry(name).factory
+    _check_kwargs(name, factory, kwargs)
+    return factory(**kwargs)
+
+
+def _check_kwargs(name: str, factory: Any, kwargs: dict[str, Any]) -> None:
+    """Refuse keyword arguments the factory does not take, naming the ones it does."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        known = [p for p in params if params[p].kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        raise ScorerError(f"scorer {name!r} takes no argument {unknown[0]!r} (reward.kwargs); it takes: "
+                          f"{', '.join(known) or 'none'}")
 
 
 def available() -> list[str]:

@@ -24,6 +24,7 @@ class ClipSimilarityScorer(BackboneScorer):
     ``scale``: a number, or ``"logit_scale"`` for the model's learned temperature ``logit_scale.exp()``."""
 
     kind = "image"
+    needs_prompts = True
 
     def __init__(self, backbone: ClipBackbone, *, name: str = "clip-score", scale: float | str = 100.0,
                  floor: float | None = 0.0, batch_size: int = 32, cache_size: int = 4096) -> None:

@@ -63,6 +63,8 @@ class BaseScorer:
     name = "scorer"
     #: True when the subclass implements ``device`` and ``to(device)`` (see :mod:`scorers.offload`)
     supports_offload = False
+    #: True when the reward reads the prompt (an empty prompt would score nonsense)
+    needs_prompts = False
 
     def __init__(self, name: str | None = None, batch_size: int = 32) -> None:
         if name is not None:

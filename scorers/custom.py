@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
+import sys
 from typing import Any, Callable, Sequence
 
 import torch
 
 from raft_diffusion.errors import ScorerError
+
+log = logging.getLogger(__name__)
 
 
 def import_object(ref: str) -> Any:
@@ -16,6 +20,9 @@ def import_object(ref: str) -> Any:
     if not isinstance(ref, str) or ":" not in ref:
         raise ScorerError(f"custom scorer {ref!r} must look like 'package.module:function'")
     module_name, _, attr = ref.partition(":")
+    if not module_name or module_name.startswith(".") or not attr:
+        raise ScorerError(f"custom scorer {ref!r} must look like 'package.module:function' (an absolute module, "
+                          "then a name); relative and empty names cannot be imported")
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
@@ -23,10 +30,18 @@ def import_object(ref: str) -> Any:
             f"custom scorer {ref!r}: cannot import module {module_name!r} ({exc}); "
             "check the name and that it is on PYTHONPATH"
         ) from None
+    except SyntaxError as exc:
+        raise ScorerError(f"custom scorer {ref!r}: module {module_name!r} has a syntax error ({exc.filename}, line "
+                          f"{exc.lineno}); fix the module") from None
+    except Exception as exc:  # noqa: BLE001 - the module's own code failed while importing
+        raise ScorerError(f"custom scorer {ref!r}: importing module {module_name!r} raised {type(exc).__name__}: {exc}; "
+                          "fix the module (rerun with -v for the traceback)") from exc
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ScorerError(f"custom scorer {ref!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
+    where = getattr(sys.modules.get(module_name), "__file__", None) or "built-in"
+    log.info("imported custom callable %s (from %s): a config naming code runs that code", ref, where)
     return obj
 
 

@@ -24,6 +24,7 @@ from scorers.common import BaseScorer, resolve_device
 
 class ImageRewardScorer(BaseScorer):
     kind = "image"
+    needs_prompts = True
 
     def __init__(self, model: str = "ImageReward-v1.0", *, device: Any = None, download_root: str | None = None,
                  med_config: str | None = None, batch_size: int = 16) -> None:

@@ -146,6 +146,7 @@ class MultiScorer:
             unique = label if all(label != c[0] for c in self.components) else f"{label}#{i}"
             self.components.append((unique, validated(scorer, label), weight))
         self.last_components: dict[str, torch.Tensor] = {}
+        self.needs_prompts = any(getattr(getattr(s, "scorer", s), "needs_prompts", False) for _, s, _ in self.components)
 
     def load(self) -> "MultiScorer":
         for _, scorer, _ in self.components:

@@ -1,4 +1,6 @@
-"""Where a scorer's weights come from: a local path or a Hugging Face hub id, never a silent download.
+"""Where a scorer's weights come from: a local path or a Hugging Face hub id (downloaded into the Hugging
+Face cache on first use, as in transformers; ``HF_HUB_OFFLINE=1`` forbids it). Each file or model used
+is recorded in the run's ``models.json`` (:mod:`raft_diffusion.provenance`).
 
 - :func:`resolve_file` turns ``source`` (a local file, a local folder holding ``filename``, or a hub id
   ``org/name``) into a local file path. Only a hub id reaches ``huggingface_hub.hf_hub_download``;
@@ -44,22 +46,30 @@ def resolve_file(source: str | os.PathLike[str] | None, filename: str | None = N
         )
     path = Path(os.path.expanduser(str(source)))
     if path.is_file():
-        return path
+        return _used(what, path)
     if path.is_dir():
         if filename is None:
             raise ScorerError(f"{what}: {path} is a folder; pass the weights file itself or its file name")
         if (path / filename).is_file():
-            return path / filename
+            return _used(what, path / filename)
         raise ScorerError(f"{what}: weights file {filename!r} not found in {path}; put {filename} there or pass its path")
     if is_hub_id(str(source)):
         if filename is None:
             raise ScorerError(f"{what}: hub id {source!r} needs a file name (filename=...)")
-        return _hub_download(str(source), filename, what=what, cache_dir=cache_dir, revision=revision, arg=arg)
+        return _used(what, _hub_download(str(source), filename, what=what, cache_dir=cache_dir, revision=revision, arg=arg))
     need = f" ({filename})" if filename else ""
     raise ScorerError(
         f"{what}: weights {str(source)!r}{need} not found; it is neither a local file or folder nor a hub id "
         f"like org/name; download the file and pass its path"
     )
+
+
+def _used(what: str, path: Path) -> Path:
+    """Record the weights file in the run's models.json (a hub-cache path names its repo and commit)."""
+    from raft_diffusion import provenance
+
+    provenance.record(f"scorer {what}", path)
+    return path
 
 
 def _hub_download(repo_id: str, filename: str, *, what: str, cache_dir: str | None, revision: str | None,
@@ -113,7 +123,7 @@ def from_pretrained(loader: Callable[..., Any], source: str | os.PathLike[str], 
     if not local and not is_hub_id(src):
         raise ScorerError(f"{what}: model {src!r} is neither a local folder nor a hub id like org/name")
     try:
-        return loader(os.path.expanduser(src) if local else src, **kwargs)
+        model = loader(os.path.expanduser(src) if local else src, **kwargs)
     except (OSError, ValueError, EnvironmentError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = (
@@ -121,3 +131,8 @@ def from_pretrained(loader: Callable[..., Any], source: str | os.PathLike[str], 
             else f"hub repo {src!r} (offline: run `hf download {src}` on a connected machine, or pass a local folder)"
         )
         raise ScorerError(f"{what}: cannot load {where}: {first}") from None
+    from raft_diffusion import provenance
+
+    provenance.record(f"scorer {what}", os.path.expanduser(src) if local else src, kwargs.get("revision"),
+                      kwargs.get("cache_dir"))
+    return model

@@ -19,6 +19,8 @@ TINY_BASE: dict[str, Any] = {
     "sampling.scheduler": "ddim", "sampling.steps": 20, "sampling.guidance_scale": 7.5, "sampling.batch_size": 8,
     "reward.scorer": "jpeg-compressibility", "reward.eval_scorers": {}, "lora.rank": 4,
     "train.learning_rate": 1e-4, "train.steps_per_round": None, "output.dir": "runs/raft",
+    "raft.k": 4, "raft.early_stop": None, "ranking.filter": None, "lora.target_modules": [], "train.batch_size": 8,
+    "train.caption_dropout": 0.0, "train.kl_weight": 0.0, "train.latents": "sampled",
 }
 
 

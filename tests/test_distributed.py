@@ -138,7 +138,7 @@ def test_only_main_writes_the_run_folder(runs):
     run = runs / "two"
     names = sorted(p.name for p in run.iterdir())
     assert names == ["README.md", "before_after.png", "checkpoints", "config.yaml", "eval", "eval.jsonl", "metrics.jsonl",
-                     "pytorch_lora_weights.safetensors", "report.html", "reward_curve.png", "rounds", "summary.json"]
+                     "models.json", "pytorch_lora_weights.safetensors", "report.html", "reward_curve.png", "rounds", "summary.json"]
     assert not [p for p in run.rglob("*") if ".tmp" in p.name]
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == [f"round-{r:04d}" for r in range(1, ROUNDS + 1)]
 

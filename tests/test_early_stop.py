@@ -41,10 +41,12 @@ def config(pipe_dir, out_dir, **overrides):
 
 
 def test_decide_guard_tolerance_best_round_and_patience():
-    evals = [{"round": r, "g": v} for r, v in enumerate([10.0, 9.9, 10.2, 9.6])]
+    evals = [{"round": r, "g": v, "r": w} for r, (v, w) in enumerate([(10.0, 1.0), (9.9, 1.2), (10.2, 1.1), (9.6, 1.5)])]
     rows = [{"round": r, "reward_unbiased": v} for r, v in zip(range(1, 4), [1.0, 2.0, 1.5])]
     d = decide(evals, rows, "g", tolerance=0.05)
-    assert d.best_round == 2 and d.stop_reason is None, "9.6 is within 5% of 10"
+    assert d.best_round == 2 and d.stop_reason is None, "9.6 is within 5% of 10; without a reward: the best guard"
+    assert decide(evals, rows, "g", tolerance=0.05, reward="r").best_round == 3, "the best reward the guard allows"
+    assert decide(evals, rows, "g", tolerance=0.03, reward="r").best_round == 1, "round 3 falls outside 3%"
     d = decide(evals, rows, "g", tolerance=0.03)
     assert d.stop_reason and "g fell to 9.6 at round 3" in d.stop_reason
     assert decide(evals, rows, None, patience=2).stop_reason is None, "one round since the best train reward"
@@ -62,15 +64,19 @@ def test_the_guard_stops_the_run_and_the_final_lora_is_the_best_round(tiny_pipel
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3], "8.0 at round 3 is more than 5% below 10: stop there"
     assert rows[-1]["stop_reason"].startswith("tests.test_early_stop:FallingGuard fell to 8 at round 3")
-    assert [r["best_round"] for r in rows] == [1, 2, 2]
+    evals = {e["round"]: e for e in history.evals}
+    reward = "jpeg-compressibility"
+    best = max((1, 2), key=lambda r: (evals[r][reward], -r))  # round 3 fell outside the tolerance
+    assert rows[-1]["best_round"] == best and rows[0]["best_round"] == 1
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["best_round"] == 2 and summary["stop_reason"] == rows[-1]["stop_reason"]
-    assert summary["fidelity_before"] == pytest.approx(10.0) and summary["fidelity_after"] == pytest.approx(10.2)
+    assert summary["best_round"] == best and summary["stop_reason"] == rows[-1]["stop_reason"]
+    assert summary["fidelity_before"] == pytest.approx(10.0)
+    assert summary["fidelity_after"] == pytest.approx(READINGS[best]) and summary["reward_after"] == evals[best][reward]
     final = load_file(run / "pytorch_lora_weights.safetensors")
-    best = load_file(run / "best" / "pytorch_lora_weights.safetensors")
-    assert final.keys() == best.keys() and all(torch.equal(final[k], best[k]) for k in final)
+    saved = load_file(run / "best" / "pytorch_lora_weights.safetensors")
+    assert final.keys() == saved.keys() and all(torch.equal(final[k], saved[k]) for k in final)
     last = torch.load(run / "checkpoints" / "round-0003" / "state.pt", weights_only=False)["lora"]
-    best_ckpt = torch.load(run / "checkpoints" / "round-0002" / "state.pt", weights_only=False)["lora"]
+    best_ckpt = torch.load(run / "checkpoints" / f"round-{best:04d}" / "state.pt", weights_only=False)["lora"]
     assert not all(torch.equal(last[k], best_ckpt[k]) for k in last), "round 3 trained further"
     assert len(history.rounds) == 3
 

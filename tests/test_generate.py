@@ -79,3 +79,9 @@ def test_a_scheduler_swap_never_inherits_clip_sample():
     assert make_scheduler("ddim", config).config.clip_sample is False
     ddim = {**diffusers.DDIMScheduler(clip_sample=True).config, "_class_name": "DDIMScheduler"}
     assert make_scheduler("ddim", ddim).config.clip_sample is True, "the same class keeps its own setting"
+
+
+def test_a_string_is_one_prompt(tmp_path):
+    paths = generate("tiny", "cat", tmp_path / "out", steps=1, device="cpu")
+    assert len(paths) == 1, "'cat' is one prompt, not three letters"
+    assert (tmp_path / "out" / "prompts.txt").read_text().split("\t")[1] == "cat"

@@ -158,13 +158,15 @@ def test_full_disk_names_round_and_previous_checkpoint_resumes(tmp_path, monkeyp
 
     def save(obj, path, *a, **kw):
         calls["n"] += 1
-        if calls["n"] == 3:  # round 1: checkpoint, weights; round 2: checkpoint fails
+        if calls["n"] == 4:  # each round: weights, then the checkpoint; round 2's checkpoint fails
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, path, *a, **kw)
 
     monkeypatch.setattr(torch, "save", save)
-    with pytest.raises(RunError, match=r"round 2, checkpoint: \[Errno 28\] No space left on device"):
+    with pytest.raises(RunError, match=r"round 2, checkpoint: no space left on the device; free some space, then continue "
+                                       r"with --resume latest"):
         loop.run()
+    assert not list((tmp_path / "checkpoints").glob(".round-*")), "the temporary checkpoint folder is removed"
     monkeypatch.setattr(torch, "save", real_save)
     again, _ = make_loop(tmp_path)
     assert again.resume("latest") and again.next_round == 2

@@ -29,5 +29,5 @@ def test_ci_runs_the_readme_test_command():
 def test_every_bad_input_case_documented():
     from tests.test_bad_input import CASES
 
-    missing = [cid for cid, _, _ in CASES if f"| {cid} |" not in README]
+    missing = [cid for kind, cid, _, _ in CASES if f"| {kind} | {cid} |" not in README]
     assert not missing, f"README lacks bad-input cases {missing}"

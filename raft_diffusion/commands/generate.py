@@ -21,7 +21,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", "-o", required=True, help="folder for the PNGs")
     p.add_argument("--num-images", type=int, default=None, help="images per prompt (default 1, or the run's eval count)")
     p.add_argument("--seed", type=int, default=None, help="base seed (default 0, or the run's eval seeds)")
-    p.add_argument("--scheduler", default=None, help="sampler (default ddim, or the run's)")
+    p.add_argument("--scheduler", default=None, help="sampler (default: the pipeline's own, or the run's)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default 20, or the run's)")
     p.add_argument("--guidance-scale", type=float, default=None, help="guidance (default 7.5, or the run's)")
     p.add_argument("--height", type=int)

@@ -73,6 +73,13 @@ def read_prompts(args: argparse.Namespace, files: list[Path]) -> list[str]:
         return [str(mapping[f.name]) for f in files]
     if path is None and (folder / "prompts.txt").is_file():
         path = folder / "prompts.txt"
+        rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
+        if rows and all(len(r) >= 2 and r[0].lower().endswith(IMAGE_SUFFIXES) for r in rows):
+            mapping = {r[0]: r[1] for r in rows}  # `generate` writes "file<TAB>prompt<TAB>seed"
+            missing = [f.name for f in files if f.name not in mapping]
+            if missing:
+                raise ConfigError(f"score: {path} has no prompt for {missing[0]}; pass --prompt or --prompts")
+            return [mapping[f.name] for f in files]
     if path is None:
         return [""] * len(files)
     if not path.is_file():
@@ -90,10 +97,15 @@ def load_images(files: list[Path]):
     import torch
     from PIL import Image
 
+    from raft_diffusion.errors import ConfigError
+
     arrays = []
     for f in files:
-        with Image.open(f) as im:
-            arrays.append(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)
+        try:
+            with Image.open(f) as im:
+                arrays.append(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)
+        except (OSError, ValueError, SyntaxError) as exc:  # truncated, not an image, unreadable
+            raise ConfigError(f"score: cannot read image {str(f)!r} ({exc}); remove or replace it") from None
     shapes = {a.shape for a in arrays}
     if len(shapes) == 1:
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -107,14 +119,21 @@ def run(args: argparse.Namespace) -> int:
 
     import scorers
 
+    from raft_diffusion.errors import ConfigError
+
+    if args.batch_size < 1:
+        raise ConfigError(f"score: --batch-size must be >= 1, got {args.batch_size}")
     files = list_images(Path(args.dir))
     prompts = read_prompts(args, files)
     scorer = scorers.build(args.scorer, **parse_scorer_args(args.scorer_arg))
+    if getattr(scorer, "needs_prompts", False) and not any(prompts):
+        raise ConfigError(f"score: scorer {args.scorer!r} reads the prompt and no prompt was given; pass --prompt TEXT, "
+                          "--prompts FILE, or a prompts.txt / prompts.json in the folder")
     from scorers.common import validated
 
     scorer = validated(scorer, args.scorer)
     rewards: list[float] = []
-    step = max(1, int(args.batch_size))
+    step = int(args.batch_size)
     for i in range(0, len(files), step):
         batch_files = files[i:i + step]
         images = load_images(batch_files)

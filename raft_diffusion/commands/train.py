@@ -28,6 +28,8 @@ def register(sub: Any) -> None:
     p.add_argument("--resume", nargs="?", const="latest", metavar="CKPT",
                    help="continue the run in --output.dir from its newest checkpoint ('latest') or a checkpoint folder")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in the output folder")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: accept settings that change what the completed rounds mean (recorded in the run folder)")
     p.add_argument("--output", "-o", metavar="DIR", help="run folder (same as --output.dir)")
     p.add_argument("--backend", choices=["diffusion", "llm"],
                    help="model backend (same as --backend in a config); with no CONFIG, 'llm' runs the llm-tiny preset")
@@ -81,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["output.resume"] = args.resume
     if args.overwrite:
         overrides["output.overwrite"] = True
+    if args.allow_changes:
+        overrides["output.allow_config_change"] = True
     if args.backend:
         overrides["backend"] = args.backend
     default = "llm-tiny" if args.backend == "llm" else "default"

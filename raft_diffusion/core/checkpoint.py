@@ -6,6 +6,7 @@ Layout: ``RUN/checkpoints/round-0003/{state.pt, loop.json, COMPLETE}``. A folder
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -17,7 +18,8 @@ from typing import Any
 import torch
 
 from raft_diffusion.core import faults
-from raft_diffusion.errors import ConfigError
+from raft_diffusion.core.atomic import with_path
+from raft_diffusion.errors import ConfigError, RunError
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^round-(\d{4,})$")
@@ -43,25 +45,38 @@ def save_checkpoint(ckpt_root: Path, round_index: int, state: dict[str, Any], lo
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    torch.save(state, tmp / "state.pt")
-    faults.point("checkpoint")
-    with open(tmp / "loop.json", "w", encoding="utf-8") as fh:
-        json.dump(loop_state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    with open(tmp / MARKER, "w") as fh:
-        fh.write("ok\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        _write_files(tmp, state, loop_state, final)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:  # a full disk, a failure: no temporary folder is left behind (SIGKILL leaves one)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _fsync_dir(ckpt_root)
     if keep is not None:
         for old in list_checkpoints(ckpt_root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _write_files(tmp: Path, state: dict[str, Any], loop_state: dict[str, Any], final: Path) -> None:
+    """state.pt, loop.json and the marker into ``tmp`` (each fsynced); an OSError names the file as it
+    would be in ``final``, the checkpoint's folder once complete."""
+    buf = io.BytesIO()
+    torch.save(state, buf)  # serialised in memory: a write that fails surfaces as an OSError naming the file
+    files = (("state.pt", buf.getbuffer()), ("loop.json", json.dumps(loop_state).encode("utf-8")), (MARKER, b"ok\n"))
+    for name, data in files:
+        try:
+            with open(tmp / name, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise with_path(exc, final / name) from None
+        if name == "state.pt":
+            faults.point("checkpoint")
+    _fsync_dir(tmp)
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
@@ -101,9 +116,62 @@ def resolve_resume(run_dir: Path, resume: str | bool) -> Path | None:
     return path
 
 
+class DamagedCheckpoint(RunError):
+    """A checkpoint folder whose files cannot be read back (truncated, partial, not ours)."""
+
+
+LOOP_KEYS = ("next_round", "stream", "history", "rng")
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(backend state, loop state) of a checkpoint folder."""
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    with open(path / "loop.json", encoding="utf-8") as fh:
-        loop_state = json.load(fh)
+    """(backend state, loop state) of a checkpoint folder; :class:`DamagedCheckpoint` when either file
+    is truncated, partial or malformed."""
+    try:
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a truncated zip, a partial pickle, a missing file
+        raise DamagedCheckpoint(f"{path / 'state.pt'} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    try:
+        with open(path / "loop.json", encoding="utf-8") as fh:
+            loop_state = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise DamagedCheckpoint(f"{path / 'loop.json'} cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict):
+        raise DamagedCheckpoint(f"{path / 'state.pt'} holds {type(state).__name__}, not a state dict")
+    missing = [k for k in LOOP_KEYS if not isinstance(loop_state, dict) or k not in loop_state]
+    if missing:
+        raise DamagedCheckpoint(f"{path / 'loop.json'} lacks {', '.join(missing)}")
+    m = _NAME.match(path.name)
+    if m and int(loop_state["next_round"]) != int(m.group(1)) + 1:
+        raise DamagedCheckpoint(f"{path / 'loop.json'} says next round {loop_state['next_round']}, "
+                                f"not {int(m.group(1)) + 1} as the folder's name says")
     return state, loop_state
+
+
+def load_for_resume(run_dir: Path, resume: str | bool) -> tuple[Path, dict[str, Any], dict[str, Any]] | None:
+    """(folder, backend state, loop state) to resume from; None when there is no checkpoint yet.
+
+    ``latest``: the newest checkpoint that reads back; a damaged newer one (truncated ``state.pt``,
+    partial ``loop.json``) is skipped with a warning. A checkpoint named explicitly must read back.
+    """
+    path = resolve_resume(run_dir, resume)
+    if path is None:
+        return None
+    if resume not in (True, "latest", "true", "yes"):
+        try:
+            return (path, *load_checkpoint(path))
+        except DamagedCheckpoint as exc:
+            names = [p.name for p in list_checkpoints(run_dir / "checkpoints") if p != path]
+            raise ConfigError(f"--resume {str(resume)!r}: the checkpoint is damaged ({exc}); "
+                              f"use --resume latest or another checkpoint ({', '.join(names) or 'none'})") from None
+    candidates = list_checkpoints(run_dir / "checkpoints")[::-1]
+    first_error = None
+    for ckpt in candidates:
+        try:
+            return (ckpt, *load_checkpoint(ckpt))
+        except DamagedCheckpoint as exc:
+            first_error = first_error or exc
+            log.warning("checkpoint %s is damaged (%s); falling back to the one before it", ckpt.name, exc)
+    raise RunError(
+        f"no checkpoint in {str(run_dir / 'checkpoints')!r} can be read ({first_error}); "
+        "start again with --overwrite or a new --output.dir"
+    )

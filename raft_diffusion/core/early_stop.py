@@ -2,9 +2,10 @@
 
 A held-out scorer guards the run (``raft.early_stop``: a ``reward.eval_scorers`` name, scored on
 the eval prompts): the run stops when its latest reading falls more than a tolerance below its
-start (round 0, before training), and the run's final weights are those of the round it rated
-best. Independently, ``raft.early_stop_patience`` stops a run whose train reward (the unbiased
-one) has not improved for that many rounds. Decisions are a pure function of the History, so a
+start (round 0, before training), and the run's final weights are those of the best round it
+allows: the highest eval reward among the rounds it keeps within the tolerance. Independently,
+``raft.early_stop_patience`` stops a run whose train reward (the unbiased one) has not improved for
+that many rounds. Decisions are a pure function of the History, so a
 resumed run decides exactly as an uninterrupted one. Imports no torch, diffusers or transformers.
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from raft_diffusion.core.atomic import atomic_path
 from raft_diffusion.core.records import History, write_json
 
 log = logging.getLogger(__name__)
@@ -39,20 +41,28 @@ def _finite(x: Any) -> bool:
 
 
 def decide(evals: Sequence[dict[str, Any]], rounds: Sequence[dict[str, Any]], guard: str | None,
-           tolerance: float = 0.05, patience: int | None = None) -> StopDecision:
-    """The decision after the last row of ``rounds`` (metrics rows) given the eval rows ``evals``."""
+           tolerance: float = 0.05, patience: int | None = None, reward: str | None = None) -> StopDecision:
+    """The decision after the last row of ``rounds`` (metrics rows) given the eval rows ``evals``.
+
+    The best round: among the trained eval rounds whose guard reading stays within the tolerance of
+    its start, the one with the highest eval ``reward`` (the earlier on ties); without a ``reward``
+    reading there, or when no round stays within, the round with the highest guard reading."""
     best, reason = None, None
     if guard:
-        readings = [(int(e["round"]), float(e[guard])) for e in evals if _finite(e.get(guard))]
-        start = next((v for r, v in readings if r == 0), None)
-        trained = [(r, v) for r, v in readings if r >= 1]
-        if trained:
-            best = max(trained, key=lambda rv: (rv[1], -rv[0]))[0]  # ties: the earlier round
-        if start is not None and trained:
-            last_round, last = trained[-1]
-            if last < start - tolerance * abs(start):
-                reason = (f"{guard} fell to {last:.4g} at round {last_round}, more than {tolerance:.0%} below its "
-                          f"start {start:.4g}")
+        readings = [(int(e["round"]), float(e[guard]), e.get(reward) if reward else None)
+                    for e in evals if _finite(e.get(guard))]
+        start = next((v for r, v, _ in readings if r == 0), None)
+        floor = None if start is None else start - tolerance * abs(start)
+        trained = [x for x in readings if x[0] >= 1]
+        within = [x for x in trained if floor is None or x[1] >= floor]
+        if within and all(_finite(x[2]) for x in within):
+            best = max(within, key=lambda x: (x[2], -x[0]))[0]
+        elif trained:
+            best = max(trained, key=lambda x: (x[1], -x[0]))[0]
+        if floor is not None and trained and trained[-1][1] < floor:
+            last_round, last = trained[-1][0], trained[-1][1]
+            reason = (f"{guard} fell to {last:.4g} at round {last_round}, more than {tolerance:.0%} below its "
+                      f"start {start:.4g}")
     if patience and reason is None and rounds:
         rewards = [(int(r["round"]), float(r["reward_unbiased"])) for r in rounds if _finite(r.get("reward_unbiased"))]
         if rewards:
@@ -93,8 +103,8 @@ def promote_best(run_dir: Path) -> bool:
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            shutil.copyfile(entry, tmp)
-            os.replace(tmp, target)
+            with atomic_path(target) as part:
+                shutil.copyfile(entry, part)
     return True
 
 

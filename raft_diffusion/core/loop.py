@@ -17,14 +17,11 @@ processes: with one, every collective is the identity.
 from __future__ import annotations
 
 import logging
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
-
-import torch
 
 from prompts.types import Prompt
 from raft_diffusion.core import checkpoint, distributed, early_stop, faults, rng
@@ -32,7 +29,15 @@ from raft_diffusion.core.backend import Backend, Samples
 from raft_diffusion.core.distributed import Distributed, TrainShard
 from raft_diffusion.core.ranking import Selection, group_ids, select
 from raft_diffusion.core.records import History, reward_summary
-from raft_diffusion.core.stages import assemble_samples, for_main, local_samples, peak_memory_mb, run_stage, write_samples_table
+from raft_diffusion.core.stages import (
+    assemble_samples,
+    debug_dump,
+    for_main,
+    local_samples,
+    peak_memory_mb,
+    run_stage,
+    write_samples_table,
+)
 from raft_diffusion.errors import ConfigError, RunError
 
 log = logging.getLogger(__name__)
@@ -162,10 +167,10 @@ class RaftLoop:
     def resume(self, resume: str | bool) -> bool:
         """Restore the newest complete checkpoint (or the one named). Returns False when none."""
         self._main_only("cleaning partial checkpoints", lambda: checkpoint.clean_partial(self.run_dir / "checkpoints"))
-        path = checkpoint.resolve_resume(self.run_dir, resume)
-        if path is None:
+        found = checkpoint.load_for_resume(self.run_dir, resume)
+        if found is None:
             return False
-        state, loop_state = checkpoint.load_checkpoint(path)
+        path, state, loop_state = found
         self.backend.load_state_dict(state)
         self.stream.load_state_dict(loop_state["stream"])
         self.history = History.from_dict(loop_state["history"], self.run_dir)
@@ -191,12 +196,13 @@ class RaftLoop:
     def run(self) -> History:
         """Run rounds ``next_round .. settings.rounds``; returns the History."""
         s = self.settings
+        faults.current_round = self.next_round - 1  # the last completed round (0: before training)
         self._main_only("creating the run folder", lambda: self.run_dir.mkdir(parents=True, exist_ok=True))
         if self.next_round == 1 and not self.history.evals:
             baseline = self.evaluate(0, "baseline evaluation")
             if baseline is not None:
                 self.history.evals.append(baseline)
-                self._main_only("writing metrics", lambda: self.history.write(self.run_dir))
+                self._synced(0, "writing metrics", lambda: self.history.write(self.run_dir), main_only=True)
         stopped = self.history.rounds[-1].get("stop_reason") if self.history.rounds else None
         if stopped:
             log.info("the run stopped early at round %d (%s); nothing left to run", self.history.rounds[-1]["round"], stopped)
@@ -212,20 +218,21 @@ class RaftLoop:
             if falling:
                 row["diverging"] = falling
             decision = early_stop.decide(self.history.evals, self.history.rounds, s.early_stop, s.early_stop_tolerance,
-                                         s.early_stop_patience)
+                                         s.early_stop_patience, reward=self.scorer_name)
             if s.early_stop:
                 row["best_round"] = decision.best_round
             if decision.stop_reason:
                 row["stop_reason"] = stopped = decision.stop_reason
             self.next_round = r + 1
-            self._synced(r, "checkpoint", lambda: checkpoint.save_checkpoint(
-                self.run_dir / "checkpoints", r, self.backend.state_dict(), self._loop_state(), s.keep_checkpoints),
-                main_only=True)
-            self._main_only("writing metrics", lambda: self.history.write(self.run_dir))
+            # weights, then the checkpoint that commits the round: a failure before it reruns the round on resume
             self._synced(r, "saving weights", lambda: self.backend.save_model(self.run_dir), main_only=True)
             if s.early_stop and decision.best_round == r:
                 self._synced(r, "saving the best weights", lambda: self.backend.save_model(self.run_dir / early_stop.BEST_DIR),
                              main_only=True)
+            self._synced(r, "checkpoint", lambda: checkpoint.save_checkpoint(
+                self.run_dir / "checkpoints", r, self.backend.state_dict(), self._loop_state(), s.keep_checkpoints),
+                main_only=True)
+            self._synced(r, "writing metrics", lambda: self.history.write(self.run_dir), main_only=True)
             if self.dist.is_main:
                 log.info(
                     "round %d/%d: reward %.4f (unbiased) | kept %.4f | mean %.4f | %.1fs",
@@ -237,10 +244,9 @@ class RaftLoop:
                 if stopped:
                     log.info("stopping early after round %d: %s", r, stopped)
             if self.on_round:
-                on_round = self.on_round
-                self._main_only(f"round {r}, the on_round callback", lambda: on_round(r, self.history))
-        self._main_only("writing summary.json", lambda: early_stop.finish(
-            self.run_dir, self.history, s.early_stop, self.scorer_name, list(self.eval_scorers)))
+                self._synced(r, "the on_round callback", lambda: self.on_round(r, self.history), main_only=True)
+        self._synced(self.next_round - 1, "writing summary.json", lambda: early_stop.finish(
+            self.run_dir, self.history, s.early_stop, self.scorer_name, list(self.eval_scorers)), main_only=True)
         return self.history
 
     # ----------------------------------------------------------------- collectives
@@ -259,15 +265,8 @@ class RaftLoop:
     def _gather(self, r: int, what: str, obj: Any, to_main: bool = False) -> Any:
         try:
             return self.dist.gather_object(obj) if to_main else self.dist.all_gather_object(obj)
-        except Exception as exc:  # noqa: BLE001 - a dead peer or a timeout
+        except Exception as exc:
             raise RunError(f"round {r}, {what}: process {self.dist.rank} lost contact with the other processes ({exc})") from exc
-
-    def _debug_dump(self, r: int) -> None:
-        """With RAFT_DIFFUSION_DIST_DUMP=DIR, every process saves its backend state after round r's training."""
-        folder = os.environ.get(distributed.DEBUG_DUMP_ENV)
-        if folder:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            torch.save(self.backend.state_dict(), Path(folder) / f"round-{r:04d}-rank{self.dist.rank}.pt")
 
     def _local_samples(self, prompts: Sequence[Prompt], k: int, seed_of: Callable[[int], int], id_of: Callable[[int], str]) -> tuple[Samples | None, int]:
         return local_samples(self.backend, self.dist.rank, self.dist.world_size, prompts, k, seed_of, id_of)
@@ -330,7 +329,7 @@ class RaftLoop:
         extra_args = {"shard": shard} if getattr(self.backend, "supports_distributed", False) else {}
         train_stats = self._synced(r, "fine-tuning", lambda: self.backend.finetune(samples, kept_local, **extra_args))
         t_train = time.perf_counter() - t0
-        self._debug_dump(r)
+        debug_dump(self.backend, self.dist.rank, r)
 
         # grids, kept images, per-sample files: the main process writes them from every process's
         # outputs and the extras the backend lists in gathered_extras

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from raft_diffusion.core.atomic import atomic_path
 from raft_diffusion.core.ranking import Selection, best_per_group, first_of_group
 
 
@@ -54,14 +55,13 @@ def _clean(value: Any) -> Any:
 
 
 def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Write ``rows`` to ``path`` atomically (temp file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(_clean(row), sort_keys=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write ``rows`` to ``path`` atomically (temp file, fsync, rename; nothing left behind on failure)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(_clean(row), sort_keys=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -107,7 +107,7 @@ class History:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """``data`` as JSON at ``path``, written atomically (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """``data`` as JSON at ``path``, written atomically (temp file + rename; nothing left behind on failure)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(_clean(data), indent=1) + "\n")

@@ -3,6 +3,7 @@ stage writes (the samples table, peak memory), and the assembly of per-process s
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from pathlib import Path
@@ -26,22 +27,50 @@ def peak_memory_mb() -> dict[str, float]:
     return out
 
 
+def round_label(round_index: int) -> str:
+    """How messages name a round: ``round 3``, or ``round 0 (before training)``."""
+    return f"round {round_index}" + (" (before training)" if round_index == 0 else "")
+
+
 def run_stage(round_index: int, what: str, fn: Callable[[], Any]) -> Any:
     """Run one stage; any failure becomes an error naming the round and the stage."""
+    at = round_label(round_index)
     try:
         return fn()
     except RaftError as exc:
-        exc.args = (f"round {round_index}, {what}: {exc}",)
+        exc.args = (f"{at}, {what}: {exc}",)
         raise
     except torch.OutOfMemoryError as exc:
         raise RunError(
-            f"round {round_index}, {what}: out of memory ({str(exc).splitlines()[0]}); lower the batch size "
+            f"{at}, {what}: out of memory ({str(exc).splitlines()[0]}); lower the batch size "
             "or enable memory options; completed rounds are on disk (resume with --resume latest)"
         ) from exc
     except OSError as exc:
-        raise RunError(f"round {round_index}, {what}: {exc}; completed rounds are on disk (resume with --resume latest)") from exc
+        raise RunError(os_error_message(round_index, what, exc)) from exc
     except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        raise RunError(f"round {round_index}, {what} failed: {type(exc).__name__}: {exc}") from exc
+        raise RunError(f"{at}, {what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def os_error_message(round_index: int, what: str, exc: OSError) -> str:
+    """One line for a failed read or write: the round, the stage, the path and what to do."""
+    from raft_diffusion.core.atomic import is_disk_full
+
+    where = f" writing {str(exc.filename)!r}" if exc.filename is not None else ""
+    if is_disk_full(exc):
+        return (f"{round_label(round_index)}, {what}: no space left on the device{where}; free some space, then continue "
+                "with --resume latest (completed rounds are on disk; temporary files were removed)")
+    return f"{round_label(round_index)}, {what}: {exc}; completed rounds are on disk (resume with --resume latest)"
+
+
+def debug_dump(backend: Any, rank: int, r: int) -> None:
+    """With RAFT_DIFFUSION_DIST_DUMP=DIR, every process saves its backend state after round r's training
+    (the tests compare the LoRA across processes)."""
+    from raft_diffusion.core.distributed import DEBUG_DUMP_ENV
+
+    folder = os.environ.get(DEBUG_DUMP_ENV)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        torch.save(backend.state_dict(), Path(folder) / f"round-{r:04d}-rank{rank}.pt")
 
 
 def write_samples_table(round_dir: Path, samples: Samples, rewards: Sequence[float], selection: Selection) -> None:

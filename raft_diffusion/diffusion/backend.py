@@ -62,6 +62,7 @@ class DiffusionBackend:
         self.width = s.width or native
         family.size = (self.height, self.width)
         family.guidance_scale = s.guidance_scale
+        family.configure_training(cfg.train)
         factor = family.size_factor()
         for name, v in (("height", self.height), ("width", self.width)):
             if v % factor:
@@ -174,12 +175,8 @@ class DiffusionBackend:
 
 
 def model_options(cfg: RaftConfig) -> dict[str, Any]:
-    """The family-specific options a family's ``load_kwargs`` / ``after_load`` may read: the ``model.*``
-    fields, plus the flow-matching ``train.*`` fields (weighting_scheme, logit_mean, logit_std, mode_scale)."""
-    t = cfg.train
-    flow = {"weighting_scheme": t.weighting_scheme, "logit_mean": t.logit_mean, "logit_std": t.logit_std,
-            "mode_scale": t.mode_scale}
-    return {**cfg.model.__dict__, **flow}
+    """The options a family's ``load_kwargs`` / ``after_load`` may read: the ``model.*`` fields."""
+    return dict(cfg.model.__dict__)
 
 
 def assemble_kept(parts: Sequence[tuple[Sequence[int], torch.Tensor, Cond]], total: int) -> tuple[torch.Tensor, Cond]:

@@ -1,7 +1,8 @@
 """Load a diffusers pipeline (hub id, local folder or alias) into its model family; pick its scheduler.
 
-Library code never reaches the network on its own: a hub id resolves through the Hugging Face
-cache, and with ``HF_HUB_OFFLINE=1`` (or no network) a missing model is a clear error.
+A hub id loads as in diffusers: through the Hugging Face cache, downloading what is missing
+(``HF_HUB_OFFLINE=1`` forbids it, and then a missing model is a clear error); local folders and the
+aliases never reach the network. Every model loaded is recorded (:mod:`raft_diffusion.provenance`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ log = logging.getLogger(__name__)
 SCHEDULER_CLASSES = {
     "ddim": ("DDIMScheduler", {}),
     "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
-    "dpm": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver"}),
+    # diffusers refuses its default final_sigmas_type "zero" with algorithm_type dpmsolver
+    "dpm": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}),
     "euler": ("EulerDiscreteScheduler", {}),
     "euler-a": ("EulerAncestralDiscreteScheduler", {}),
     "pndm": ("PNDMScheduler", {}),
@@ -144,10 +146,15 @@ def load_family(
         kwargs["revision"] = revision
     if variant:
         kwargs["variant"] = variant
+    if not local:
+        log.info("loading hub model %s (downloaded into the Hugging Face cache if not there; HF_HUB_OFFLINE=1 forbids it)", source)
     try:
         pipe = getattr(diffusers, cls.pipeline_class).from_pretrained(source, **kwargs)
     except (OSError, EnvironmentError) as exc:
         raise _load_error(source, exc) from None
+    from raft_diffusion import provenance
+
+    provenance.record("model.pretrained", source, revision)
     if scheduler:
         pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

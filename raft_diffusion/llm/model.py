@@ -116,6 +116,9 @@ def load_causal_lm(
             f"cannot load causal LM {source!r}: {_first_line(exc)}. Without network, download it first "
             "(huggingface-cli download) or pass a local folder"
         ) from None
+    from raft_diffusion import provenance
+
+    provenance.record("model.pretrained", source, revision)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.requires_grad_(False)

@@ -19,6 +19,8 @@ from scorers.base import check_images
 class FidelityScorer:
     """Zero-shot shape/colour correctness with the miniworld CLIP (loaded lazily, once)."""
 
+    needs_prompts = True
+
     def __init__(self, clip_dir: str | Path | None = None, part: str = "both") -> None:
         if part not in ("both", "shape", "colour"):
             from raft_diffusion.errors import ScorerError

@@ -107,6 +107,10 @@ class ModelFamily:
     def after_load(self, options: dict[str, Any]) -> None:
         """Adjust the loaded pipeline (e.g. keep a VAE in float32); ``options`` as in :meth:`load_kwargs`."""
 
+    def configure_training(self, train: Any) -> None:
+        """Read the family's training settings from the run's ``TrainConfig`` (flow families: the
+        sigma weighting scheme); called by the backend before training."""
+
     # ------------------------------------------------------------------ sizes
     def size_factor(self) -> int:
         """Image sizes must be multiples of this (VAE downsampling x the denoiser's own)."""

@@ -16,8 +16,8 @@ One training step, as diffusers' ``train_dreambooth_lora_sd3.py`` / ``_flux.py``
   otherwise).
 
 The denoiser takes the timestep as its pipeline passes it (``timestep_divisor``: SD3 ``t`` in
-[0, 1000], FLUX ``t / 1000``). The weighting settings come from the ``train.*`` fields in the
-options of :meth:`FlowFamily.after_load` (defaults: logit_normal, 0, 1, 1.29).
+[0, 1000], FLUX ``t / 1000``). The weighting settings come from the run's ``train.*`` fields
+(:meth:`FlowFamily.configure_training`; defaults: logit_normal, 0, 1, 1.29).
 """
 
 from __future__ import annotations
@@ -53,10 +53,13 @@ class FlowFamily(ModelFamily):
         self._train_scheduler: Any = None
 
     def after_load(self, options: dict[str, Any]) -> None:
-        """Read the flow-matching ``train.*`` settings from ``options``; refuse a non-flow sampler."""
-        for key, default in FLOW_OPTIONS.items():
-            setattr(self, key, type(default)(options.get(key, default)))
+        """Refuse a non-flow sampler."""
         self.check_scheduler()
+
+    def configure_training(self, train: Any) -> None:
+        """The flow-matching ``train.*`` settings (weighting scheme, logit mean / std, mode scale)."""
+        for key, default in FLOW_OPTIONS.items():
+            setattr(self, key, type(default)(getattr(train, key, default)))
 
     # ------------------------------------------------------------------ schedulers and sizes
     def check_scheduler(self) -> None:
@@ -137,7 +140,8 @@ class FlowFamily(ModelFamily):
 
         return compute_loss_weighting_for_sd3(self.weighting_scheme, draws["sigmas"]).float()
 
-    def model_timestep(self, draws: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The ``timestep`` (B,) the denoiser takes: the scheduler's t over :attr:`timestep_divisor`."""
-        t = draws["timesteps"]
+    def model_timestep(self, draws: dict[str, torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The ``timestep`` (B,) the denoiser takes: the scheduler's t (cast to ``dtype`` first when
+        given, as the FLUX pipeline casts it to the latents' dtype) over :attr:`timestep_divisor`."""
+        t = draws["timesteps"] if dtype is None else draws["timesteps"].to(dtype)
         return t if self.timestep_divisor == 1.0 else t / self.timestep_divisor

@@ -93,7 +93,7 @@ class FluxFamily(FlowFamily):
         guidance = None
         if self.denoiser.config.guidance_embeds:
             guidance = torch.full((b,), float(self.guidance_scale), device=device, dtype=torch.float32)
-        return model(hidden_states=noisy, timestep=self.model_timestep(draws).to(dtype), guidance=guidance,
+        return model(hidden_states=noisy, timestep=self.model_timestep(draws, dtype), guidance=guidance,
                      pooled_projections=cond["pooled_prompt_embeds"], encoder_hidden_states=cond["prompt_embeds"],
                      txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
 

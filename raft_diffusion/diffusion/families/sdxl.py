@@ -45,12 +45,15 @@ class SDXLFamily(UNetFamily):
 
         try:
             vae = AutoencoderKL.from_pretrained(source, dtype=DTYPES[options.get("dtype") or "float32"])
-        except (OSError, EnvironmentError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise ModelError(
                 f"model.vae {source!r} cannot be loaded ({first}); give a folder holding an AutoencoderKL "
                 "config.json or a hub id (without network, download it first)"
             ) from None
+        from raft_diffusion import provenance
+
+        provenance.record("model.vae", source)
         log.info("using the VAE of %s in %s", source, vae.dtype)
         return {"vae": vae}
 
