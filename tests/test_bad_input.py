@@ -52,6 +52,12 @@ def env(tmp_path_factory, tiny_pipeline_dir):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     (tmp_path / "scorer_mod.py").write_text(WRONG_SHAPE_SCORER)
     (tmp_path / "syntax_mod.py").write_text("def score(:\n")
+    import json
+    import shutil
+
+    shutil.copytree(tiny_pipeline_dir, tmp_path / "mismatch")
+    unet_config = tmp_path / "mismatch" / "unet" / "config.json"
+    unet_config.write_text(json.dumps({**json.loads(unet_config.read_text()), "block_out_channels": [16, 32]}))
     (tmp_path / "raising_mod.py").write_text("raise RuntimeError('boom at import')\n")
     sys.path.insert(0, str(tmp_path))
     # a finished run (for "already holds a run" and for a mismatched resume)
@@ -116,6 +122,8 @@ CASES = [
     ("scorer", "unknown scorer", ["train", "--reward.scorer", "aesthetics"], "unknown scorer 'aesthetics'; known scorers:"),
     ("scorer", "custom scorer not importable", ["train", "--reward.scorer", "no_such_module:score"], "cannot import module 'no_such_module'"),
     ("scorer", "custom scorer lacks function", ["train", "--reward.scorer", "scorer_mod:nope"], "has no attribute 'nope'"),
+    ("model", "model config does not match its weights", ["train", "--model.pretrained", "{tmp}/mismatch", *FAST],
+     "its config.json files and weights do not match"),
     ("scorer", "custom scorer with a syntax error", ["train", "--reward.scorer", "syntax_mod:score"],
      "module 'syntax_mod' has a syntax error"),
     ("scorer", "custom scorer raising on import", ["train", "--reward.scorer", "raising_mod:score"],

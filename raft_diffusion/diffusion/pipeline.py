@@ -152,6 +152,10 @@ def load_family(
         pipe = getattr(diffusers, cls.pipeline_class).from_pretrained(source, **kwargs)
     except (OSError, EnvironmentError) as exc:
         raise _load_error(source, exc) from None
+    except (ValueError, RuntimeError, KeyError) as exc:  # a config that does not match its weights
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:200]
+        raise ModelError(f"model {pretrained!r} does not load: {first}; its config.json files and weights do not "
+                         "match (re-save the folder with save_pretrained, or download it again)") from None
     from raft_diffusion import provenance
 
     provenance.record("model.pretrained", source, revision)
