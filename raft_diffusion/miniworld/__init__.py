@@ -6,6 +6,7 @@ The committed models live in ``assets/`` (see ``assets/FIGURES.md``)::
     assets/pipeline/    StableDiffusionPipeline folder (unet, vae, text_encoder, tokenizer, scheduler)
     assets/clip/        CLIPModel + CLIPTokenizer + CLIPImageProcessor (save_pretrained)
     assets/aesthetic/   head.safetensors + config.json (scorers.aesthetic_head.AestheticMLP)
+    assets/evaluator/   model.safetensors + config.json (the independent evaluator CNN, evaluator.py)
 
 Importing this package is cheap: the world (and torch) load on first use of one of its names.
 The miniworld plugs into raft-diffusion as a plugin would (:mod:`raft_diffusion.miniworld.plugin`).

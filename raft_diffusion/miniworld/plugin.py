@@ -20,6 +20,8 @@ SCORERS = {
                            "(same code as aesthetic-v2), 1-10; offline",
     "miniworld-fidelity": "miniworld: (shape named right + colour named right) / 2 by the tiny CLIP, zero-shot; "
                           "in {0, 0.5, 1}",
+    "miniworld-independent": "miniworld: (shape right + colour right) / 2 by the independent evaluator (a small "
+                             "CNN trained only on renders); in {0, 0.5, 1}",
 }
 PROMPT_SETS = {
     "miniworld": "the miniworld's in-domain prompts ('a red circle', ...: 16 colour/shape pairs)",
@@ -48,6 +50,13 @@ def miniworld_fidelity(**kwargs: Any) -> Any:
     return FidelityScorer(**kwargs)
 
 
+def miniworld_independent(**kwargs: Any) -> Any:
+    """The ``miniworld-independent`` scorer (the evaluator CNN trained only on rendered scenes)."""
+    from raft_diffusion.miniworld.evaluator import IndependentScorer
+
+    return IndependentScorer(**kwargs)
+
+
 def load_prompt_set(name: str) -> list[Any]:
     """The prompts of ``miniworld`` or ``miniworld-ood``, with their colour and shape as metadata."""
     from prompts import Prompt
@@ -69,7 +78,7 @@ def _prompt_loader(name: str):
 
 
 def register() -> None:
-    """Register the ``miniworld`` model alias, the three miniworld scorers, the two prompt sets and
+    """Register the ``miniworld`` model alias, the four miniworld scorers, the two prompt sets and
     the ``raft-diffusion miniworld`` command."""
     import prompts
     import scorers
@@ -79,7 +88,7 @@ def register() -> None:
 
     register_model_alias("miniworld", pipeline_path, "the bundled miniature Stable Diffusion (32 px), offline")
     factories = {"miniworld-clip": miniworld_clip, "miniworld-aesthetic": miniworld_aesthetic,
-                 "miniworld-fidelity": miniworld_fidelity}
+                 "miniworld-fidelity": miniworld_fidelity, "miniworld-independent": miniworld_independent}
     for name, description in SCORERS.items():
         scorers.register(name, factories[name], description)
     for name, description in PROMPT_SETS.items():

@@ -1,0 +1,98 @@
+"""The miniworld's independent evaluator: committed weights read held-out renders at 32 and 16 px, the
+``miniworld-independent`` scorer works through ``scorers.build``, and training is deterministic."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import scorers
+from raft_diffusion.miniworld import evaluator, world
+
+
+@pytest.fixture(scope="module")
+def committed() -> evaluator.Evaluator:
+    return evaluator.load_evaluator()
+
+
+def test_committed_weights_small():
+    size = (evaluator.evaluator_path() / "model.safetensors").stat().st_size
+    assert size < 300_000
+
+
+@pytest.mark.parametrize("resolution,floor", [(32, 0.95), (16, 0.9)])
+@pytest.mark.parametrize("ood", [False, True])
+def test_heldout_accuracy(committed, resolution, floor, ood):
+    # held-out scenes come from world.HELDOUT_SEED; the committed evaluator was trained from seed 0
+    assert committed.config["seed"] != world.HELDOUT_SEED
+    shape_acc, colour_acc = evaluator.heldout_accuracy(committed, 400, ood=ood, resolution=resolution)
+    assert shape_acc >= floor and colour_acc >= floor, (shape_acc, colour_acc)
+
+
+def test_two_object_scenes_read_first_named(committed):
+    shape_acc, colour_acc = evaluator.heldout_accuracy(committed, 400, single=False)
+    assert shape_acc >= 0.9 and colour_acc >= 0.9, (shape_acc, colour_acc)
+
+
+def test_read_any_size(committed):
+    scenes = world.heldout_scenes(8)
+    images = world.render_batch(scenes, 64)
+    shapes, colours = committed.read(images)
+    assert shapes == [s.objects[0].shape for s in scenes]
+    assert colours == [s.objects[0].colour for s in scenes]
+
+
+def test_module_level_read_and_accuracy():
+    scenes = world.heldout_scenes(16)
+    images = world.render_batch(scenes)
+    shapes, colours = evaluator.read(images)
+    assert len(shapes) == len(colours) == 16
+    assert evaluator.accuracy(images, [world.caption(s) for s in scenes]) == (1.0, 1.0)
+
+
+def test_scorer_registered_and_builds():
+    assert "miniworld-independent" in scorers.available()
+    scorer = scorers.build("miniworld-independent")
+    assert scorer.needs_prompts is True
+    scenes = world.heldout_scenes(4)
+    images = world.render_batch(scenes)
+    right = [world.caption(s) for s in scenes]
+    assert scorer(images, right, [{}] * 4).tolist() == [1.0] * 4
+    # the wrong colour with the right shape scores 0.5; both wrong scores 0
+    wrong_colour, wrong_both = [], []
+    for s in scenes:
+        obj = s.objects[0]
+        other_colour = next(c for c in world.COLOURS if c != obj.colour)
+        other_shape = next(sh for sh in world.SHAPES if sh != obj.shape)
+        wrong_colour.append(f"a {other_colour} {obj.shape}")
+        wrong_both.append(f"a {other_colour} {other_shape}")
+    assert scorer(images, wrong_colour, [{}] * 4).tolist() == [0.5] * 4
+    assert scorer(images, wrong_both, [{}] * 4).tolist() == [0.0] * 4
+    shape_only = scorers.build("miniworld-independent", part="shape")
+    assert shape_only(images, wrong_colour, [{}] * 4).tolist() == [1.0] * 4
+
+
+def test_bad_part_refused():
+    from raft_diffusion.errors import ScorerError
+
+    with pytest.raises(ScorerError):
+        scorers.build("miniworld-independent", part="size")
+
+
+def test_retrain_deterministic(tmp_path):
+    a = evaluator.train_evaluator(seed=3, steps=4, out_dir=tmp_path / "a", batch=32)
+    b = evaluator.train_evaluator(seed=3, steps=4, out_dir=tmp_path / "b", batch=32)
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = evaluator.train_evaluator(seed=4, steps=4, out_dir=tmp_path / "c", batch=32)
+    wc = load_file(str(c / "model.safetensors"))
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+    loaded = evaluator.load_evaluator(a)
+    assert loaded.config["seed"] == 3 and loaded.config["steps"] == 4
+
+
+def test_heldout_seed_refused(tmp_path):
+    with pytest.raises(ValueError):
+        evaluator.train_evaluator(seed=world.HELDOUT_SEED, steps=1, out_dir=tmp_path)
