@@ -19,3 +19,12 @@ bad = "| class | case | message contains |\n|---|---|---|\n" + "\n".join(
     for kind, cid, _, frag in sorted(CASES, key=lambda c: [k for k, *_ in CASES].index(c[0])))
 s = re.sub(r"(<!-- bad-input:[^\n]*-->\n)(?:BAD_INPUT_TABLE|\|(?: class \|)? case \| message contains \|\n(?:\|[^\n]*\n)*)", lambda m: m.group(1) + bad + "\n", s)
 open("README.md", "w").write(s)
+
+# the miniworld experiment tables, copied from benchmarks/results (benchmarks/miniworld_experiments.py writes them)
+from pathlib import Path
+s = open("README.md").read()
+for name in ("resolution", "aesthetic"):
+    body = Path(f"benchmarks/results/miniworld_{name}.md").read_text().split("\n", 2)[2].strip()
+    s = re.sub(rf"(<!-- miniworld-{name}:[^\n]*-->\n).*?(<!-- /miniworld-{name} -->)",
+               lambda m: m.group(1) + body + "\n" + m.group(2), s, flags=re.S)
+open("README.md", "w").write(s)

@@ -1,6 +1,6 @@
 """What an adapter can learn at a new size when the data is perfect: fine-tune the miniworld UNet
 on ground-truth renders at 16 px (not RAFT samples) and print the shape / colour accuracy of its
-generations as it trains.
+generations as it trains, read by the independent evaluator and by the miniworld CLIP.
 
     python benchmarks/miniworld_supervised.py [--adapter lora|full] [--rank 8]
         [--targets to_q,to_k,to_v,to_out.0] [--lr 1e-4] [--steps 1000] [--every 200] [--resolution 16]
@@ -64,8 +64,9 @@ def main() -> None:
         if step % args.every == 0 or step == args.steps:
             unet.eval()
             fid = evaluate.generation_fidelity(assets, args.resolution, world.in_domain_prompts(), pipe=pipe, zs=zs)
-            print(f"step {step:5d}  {time.time() - start:6.0f} s  shape {fid['shape_acc']:.1%}  colour {fid['colour_acc']:.1%}",
-                  flush=True)
+            print(f"step {step:5d}  {time.time() - start:6.0f} s  independent evaluator: shape {fid['shape_acc']:.1%} "
+                  f"colour {fid['colour_acc']:.1%}  miniworld CLIP: shape {fid['clip_shape_acc']:.1%} "
+                  f"colour {fid['clip_colour_acc']:.1%}", flush=True)
             unet.train()
         if step == args.steps:
             break

@@ -18,7 +18,7 @@ def committed() -> evaluator.Evaluator:
 
 def test_committed_weights_small():
     size = (evaluator.evaluator_path() / "model.safetensors").stat().st_size
-    assert size < 300_000
+    assert size < 400_000
 
 
 @pytest.mark.parametrize("resolution,floor", [(32, 0.95), (16, 0.9)])
@@ -96,3 +96,19 @@ def test_retrain_deterministic(tmp_path):
 def test_heldout_seed_refused(tmp_path):
     with pytest.raises(ValueError):
         evaluator.train_evaluator(seed=world.HELDOUT_SEED, steps=1, out_dir=tmp_path)
+
+
+@pytest.mark.parametrize("resolution", [32, 16])
+def test_gold_rating_read_from_renders(committed, resolution):
+    # the rule applied to what the evaluator reads agrees with the rule applied to the true scene
+    agreement = evaluator.heldout_rating_agreement(committed, 400, resolution=resolution)
+    assert agreement["spearman"] >= 0.9 and agreement["mae"] <= 0.5, agreement
+
+
+def test_read_scenes_background_and_count(committed):
+    scenes = world.heldout_scenes(200, single=False)
+    read = committed.read_scenes(world.render_batch(scenes))
+    assert sum(r.background == s.background for r, s in zip(read, scenes)) >= 195
+    assert sum(len(r.objects) == len(s.objects) for r, s in zip(read, scenes)) >= 190
+    ratings = evaluator.gold_ratings(world.render_batch(scenes[:5]))
+    assert ratings.shape == (5,) and bool(((ratings >= 1) & (ratings <= 10)).all())

@@ -71,6 +71,15 @@ def test_build_quick_cli(tmp_path):
     unet_cfg = json.loads((out / "pipeline" / "unet" / "config.json").read_text())
     assert unet_cfg["addition_embed_type"] == "text"
     assert main(["miniworld", "evaluate", "--assets", str(out)]) == 0
+    # every generation figure is read by the independent evaluator and by the CLIP
+    gen = figs["figures"]["generation"]["in_domain@16"]
+    assert {"shape_acc", "colour_acc", "clip_shape_acc", "clip_colour_acc"} <= set(gen)
+    assert figs["figures"]["evaluator"]["shape_acc@32"] >= 0.95
+    (out / "FIGURES.md").unlink()
+    assert main(["miniworld", "evaluate", "--assets", str(out), "--recompute", "--quick", "--write"]) == 0
+    rewritten = json.loads((out / "figures.json").read_text())
+    assert rewritten["train"] == figs["train"] and "evaluator" in rewritten["figures"]
+    assert "independent evaluator / miniworld CLIP" in (out / "FIGURES.md").read_text()
 
 
 def test_bad_input_is_one_line_error(tmp_path):

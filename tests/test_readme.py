@@ -31,3 +31,13 @@ def test_every_bad_input_case_documented():
 
     missing = [cid for kind, cid, _, _ in CASES if f"| {kind} | {cid} |" not in README]
     assert not missing, f"README lacks bad-input cases {missing}"
+
+
+def test_miniworld_results_match_benchmark_tables():
+    # README blocks are copies of benchmarks/results/miniworld_*.md (python .ci/update_readme.py)
+    root = Path(__file__).parent.parent
+    for name in ("resolution", "aesthetic"):
+        body = (root / "benchmarks" / "results" / f"miniworld_{name}.md").read_text().split("\n", 2)[2].strip()
+        start = README.index(f"<!-- miniworld-{name}:")
+        block = README[README.index("\n", start) + 1 : README.index(f"<!-- /miniworld-{name} -->")].strip()
+        assert block == body, f"README's miniworld-{name} block is stale: run python .ci/update_readme.py"

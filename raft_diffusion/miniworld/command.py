@@ -32,6 +32,8 @@ def register(subparsers: Any) -> None:
     e.add_argument("--assets", default=None, help="assets folder (default: the committed one)")
     e.add_argument("--recompute", action="store_true", help="measure again instead of reading figures.json")
     e.add_argument("--quick", action="store_true", help="with --recompute: small held-out sets, 2 sampling steps")
+    e.add_argument("--write", action="store_true",
+                   help="with --recompute: store the figures in figures.json (training records kept) and rebuild FIGURES.md")
     parser.set_defaults(func=run, parser=parser)
 
 
@@ -71,6 +73,15 @@ def run(args: argparse.Namespace) -> int:
             from raft_diffusion.miniworld.evaluate import evaluate_all
 
             figures = evaluate_all(folder, quick=args.quick)
+            if args.write:
+                from raft_diffusion.miniworld.build import write_figures
+                from raft_diffusion.miniworld.figures import write_markdown
+
+                path = folder / "figures.json"
+                record = json.loads(path.read_text()) if path.is_file() else {}
+                record["figures"] = figures
+                write_figures(folder, record)
+                write_markdown(folder, record)
         else:
             figures = json.loads((folder / "figures.json").read_text()).get("figures", {})
         print(json.dumps(figures, indent=2))

@@ -42,6 +42,21 @@ def clip_zero_shot(clip_dir: str | Path, n: int = 600) -> dict:
     return res
 
 
+def evaluator_heldout(n: int = 600) -> dict[str, float]:
+    """The committed independent evaluator on held-out renders: shape / colour accuracy at 32 and 16 px
+    (in- and out-of-domain) and the agreement of its gold rating with the rule."""
+    from raft_diffusion.miniworld import evaluator
+
+    ev = evaluator.default_evaluator()
+    res: dict[str, float] = {}
+    for px in (world.NATIVE_RESOLUTION, ADAPTATION_RESOLUTION):
+        for tag, ood in (("", False), ("ood_", True)):
+            shape, colour = evaluator.heldout_accuracy(ev, n, ood=ood, resolution=px)
+            res[f"{tag}shape_acc@{px}"], res[f"{tag}colour_acc@{px}"] = round(shape, 4), round(colour, 4)
+        res[f"rating_spearman@{px}"] = evaluator.heldout_rating_agreement(ev, n, resolution=px)["spearman"]
+    return res
+
+
 def vae_psnr(vae_dir: str | Path, n: int = 512) -> float:
     from diffusers import AutoencoderKL
 
@@ -80,7 +95,8 @@ def generate(pipe, prompts: Sequence[str], per_prompt: int, resolution: int, *, 
 def generation_fidelity(assets: str | Path, resolution: int, prompts: Sequence[str], *, per_prompt: int = 8,
                         seed: int = 0, guidance_scale: float = GUIDANCE_SCALE, steps: int = INFERENCE_STEPS,
                         pipe=None, zs=None) -> dict:
-    """Fraction of generated images whose shape / colour the tiny CLIP names as prompted."""
+    """Fraction of generated images whose shape / colour are named as prompted, by the independent
+    evaluator (``shape_acc``, ``colour_acc``) and by the tiny CLIP (``clip_shape_acc``, ``clip_colour_acc``)."""
     from diffusers import StableDiffusionPipeline
 
     assets = Path(assets)
@@ -88,17 +104,27 @@ def generation_fidelity(assets: str | Path, resolution: int, prompts: Sequence[s
     pipe.set_progress_bar_config(disable=True)
     zs = zs or common.ZeroShot(*load_clip(assets / "clip"))
     images = generate(pipe, prompts, per_prompt, resolution, seed=seed, guidance_scale=guidance_scale, steps=steps)
-    want = [world.parse_prompt(p) for p in prompts for _ in range(per_prompt)]
-    shape, colour = zs.accuracy(images, [c for c, _ in want], [s for _, s in want])
-    return {"shape_acc": round(shape, 4), "colour_acc": round(colour, 4), "n": len(images)}
+    texts = [p for p in prompts for _ in range(per_prompt)]
+    return {**both_readings(images, texts, zs), "n": len(images)}
+
+
+def both_readings(images: torch.Tensor, texts: Sequence[str], zs: "common.ZeroShot") -> dict[str, float]:
+    """Shape / colour named as prompted by the independent evaluator and by the CLIP ``zs``, rounded."""
+    from raft_diffusion.miniworld import evaluator
+
+    want = [world.parse_prompt(t) for t in texts]
+    shape, colour = evaluator.accuracy(images, texts)
+    clip_shape, clip_colour = zs.accuracy(images, [c for c, _ in want], [s for _, s in want])
+    return {"shape_acc": round(shape, 4), "colour_acc": round(colour, 4),
+            "clip_shape_acc": round(clip_shape, 4), "clip_colour_acc": round(clip_colour, 4)}
 
 
 @torch.no_grad()
 def vae_round_trip(vae: Any, resolution: int, n: int = 300, zs: "common.ZeroShot | None" = None) -> dict[str, float]:
     """Shape / colour accuracy of held-out renders resized to ``resolution`` and passed through the
     VAE (encode, decode): how much of the prompt survives the VAE at that size. A reference, not a
-    bound: a UNet's latents need not be the encoder's. Judged by ``zs`` (default: the committed
-    miniworld CLIP)."""
+    bound: a UNet's latents need not be the encoder's. Judged by the independent evaluator and by
+    ``zs`` (default: the committed miniworld CLIP), as in :func:`both_readings`."""
     import torch.nn.functional as F
 
     scenes = world.heldout_scenes(n)
@@ -107,8 +133,7 @@ def vae_round_trip(vae: Any, resolution: int, n: int = 300, zs: "common.ZeroShot
     y = (vae.decode(z).sample.float().cpu() / 2 + 0.5).clamp(0, 1)
     if zs is None:
         zs = common.ZeroShot(*load_clip(clip_path()))
-    shape, colour = zs.accuracy(y, [s.objects[0].colour for s in scenes], [s.objects[0].shape for s in scenes])
-    return {"shape_acc": round(shape, 4), "colour_acc": round(colour, 4)}
+    return both_readings(y, [world.caption(s) for s in scenes], zs)
 
 
 def evaluate_all(assets: str | Path, *, adaptation_resolution: int = ADAPTATION_RESOLUTION, quick: bool = False,
@@ -119,7 +144,7 @@ def evaluate_all(assets: str | Path, *, adaptation_resolution: int = ADAPTATION_
     t0 = time.time()
     assets = Path(assets)
     n = 64 if quick else 600
-    figs: dict = {"clip_zero_shot": clip_zero_shot(assets / "clip", n=n)}
+    figs: dict = {"clip_zero_shot": clip_zero_shot(assets / "clip", n=n), "evaluator": evaluator_heldout(n)}
     figs["vae_psnr_db"] = vae_psnr(assets / "pipeline" / "vae", n=n)
     figs["aesthetic"] = aesthetic_spearman(assets, n=n)
     pipe = StableDiffusionPipeline.from_pretrained(assets / "pipeline")

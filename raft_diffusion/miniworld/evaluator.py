@@ -10,7 +10,10 @@ spots. Labels and inputs:
   object :func:`world.caption` names first (the left or the top one), matching
   :func:`world.parse_prompt`, which reads the first colour and the first shape of a prompt;
 * every input is brought to 32 px by :func:`to_input`; half of the training images are rendered at
-  32 px, area-downsampled to 16 px and brought back up, so 16-px generations are read as well.
+  32 px, area-downsampled to 16 px and brought back up, so 16-px generations are read as well;
+* beside shape and colour it reads what the aesthetic rule (:mod:`rating`) needs: the background,
+  the number of objects, the second object's colour, the objects' centroid and mean radius, so
+  :func:`gold_ratings` applies the written-down rule to what it sees in a generated image.
 
 ``assets/evaluator/`` holds the committed weights (float16 ``model.safetensors`` + ``config.json``);
 ``python -m raft_diffusion.miniworld.evaluator OUT`` retrains them (about a minute on the CPU).
@@ -42,6 +45,9 @@ CHANNELS = (16, 32, 64)
 HIDDEN = 64
 SHAPES: tuple[str, ...] = world.SHAPES
 COLOURS: tuple[str, ...] = tuple(world.COLOURS)
+BACKGROUNDS: tuple[str, ...] = tuple(world.BACKGROUNDS)
+GEOMETRY_WEIGHT = 20.0
+"""Weight of the geometry regression (centroid x, y and mean radius, fractions of the side) in the loss."""
 
 
 def evaluator_path() -> Path:
@@ -52,7 +58,9 @@ def evaluator_path() -> Path:
 
 
 class EvaluatorNet(nn.Module):
-    """Three conv blocks (conv 3x3, ReLU, max-pool 2) on 32 px, a hidden layer, shape and colour heads."""
+    """Three conv blocks (conv 3x3, ReLU, max-pool 2) on 32 px, then one hidden layer with the shape
+    and colour heads and a second hidden layer with the heads for background, object count (1 or 2), the second object's colour, and the geometry (centroid
+    x, y and mean radius)."""
 
     def __init__(self, channels: Sequence[int] = CHANNELS, hidden: int = HIDDEN) -> None:
         super().__init__()
@@ -66,11 +74,21 @@ class EvaluatorNet(nn.Module):
         self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(c_in * side * side, hidden), nn.ReLU())
         self.shape_head = nn.Linear(hidden, len(SHAPES))
         self.colour_head = nn.Linear(hidden, len(COLOURS))
+        self.scene_hidden = nn.Sequential(nn.Flatten(), nn.Linear(c_in * side * side, hidden), nn.ReLU())
+        self.scene_head = nn.Linear(hidden, len(BACKGROUNDS) + 2 + len(COLOURS) + 3)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(shape logits, colour logits) of 32-px images in [0, 1]."""
-        h = self.hidden(self.features(x * 2 - 1))
-        return self.shape_head(h), self.colour_head(h)
+        """(shape logits (N, 4), colour logits (N, 6)) of 32-px images in [0, 1]."""
+        return self.read_all(x)[:2]
+
+    def read_all(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(shape, colour, background, count, second colour) logits and geometry (N, 3) of 32-px images."""
+        f = self.features(x * 2 - 1)
+        h = self.hidden(f)
+        rest = self.scene_head(self.scene_hidden(f))
+        b, c = len(BACKGROUNDS), len(COLOURS)
+        return (self.shape_head(h), self.colour_head(h), rest[:, :b], rest[:, b : b + 2],
+                rest[:, b + 2 : b + 2 + c], rest[:, b + 2 + c :])
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
@@ -97,17 +115,30 @@ def training_scene(rng: random.Random) -> world.Scene:
     return dataclasses.replace(scene, objects=objects)
 
 
-def labels(scenes: Sequence[world.Scene]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(shape index, colour index) of each scene's first-named object."""
+def labels(scenes: Sequence[world.Scene]) -> tuple[torch.Tensor, ...]:
+    """(shape, colour, background, count - 1, second colour) indices (second colour -100 for one
+    object: ignored by the loss) and the geometry (N, 3): centroid x, y and mean radius."""
     shapes = torch.tensor([SHAPES.index(s.objects[0].shape) for s in scenes])
     colours = torch.tensor([COLOURS.index(s.objects[0].colour) for s in scenes])
-    return shapes, colours
+    backgrounds = torch.tensor([BACKGROUNDS.index(s.background) for s in scenes])
+    counts = torch.tensor([len(s.objects) - 1 for s in scenes])
+    second = torch.tensor([COLOURS.index(s.objects[1].colour) if len(s.objects) > 1 else -100 for s in scenes])
+    geometry = torch.tensor([[sum(getattr(o, k) for o in s.objects) / len(s.objects) for k in ("x", "y", "radius")]
+                             for s in scenes])
+    return shapes, colours, backgrounds, counts, second, geometry
 
 
-def training_batch(
-    rng: random.Random, gen: torch.Generator, batch: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(images, shape labels, colour labels): half at 32 px, half through 16 px; light pixel noise."""
+def loss(model: EvaluatorNet, images: torch.Tensor, targets: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The training loss: cross-entropy of every class head plus the weighted geometry MSE."""
+    *logits, geometry = model.read_all(images)
+    *classes, geometry_target = targets
+    total = sum(F.cross_entropy(lg, t, ignore_index=-100) for lg, t in zip(logits, classes)
+                if bool((t != -100).any()))
+    return total + GEOMETRY_WEIGHT * F.mse_loss(geometry, geometry_target)
+
+
+def training_batch(rng: random.Random, gen: torch.Generator, batch: int) -> tuple[torch.Tensor, ...]:
+    """(images, *labels): half at 32 px, half through 16 px; light pixel noise."""
     scenes = [training_scene(rng) for _ in range(batch)]
     images = world.render_batch(scenes)
     low = torch.rand(batch, generator=gen) < 0.5
@@ -132,21 +163,21 @@ def train_evaluator(seed: int = 0, steps: int = 1500, out_dir: str | Path = "eva
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     start = time.time()
     for step in range(steps):
-        images, shapes, colours = training_batch(rng, gen, batch)
-        shape_logits, colour_logits = model(images)
-        loss = F.cross_entropy(shape_logits, shapes) + F.cross_entropy(colour_logits, colours)
+        images, *targets = training_batch(rng, gen, batch)
+        value = loss(model, images, targets)
         opt.zero_grad()
-        loss.backward()
+        value.backward()
         opt.step()
         sched.step()
         if step % 250 == 0 or step == steps - 1:
-            log.info("evaluator step %d/%d loss %.4f (%.0f s)", step + 1, steps, loss.item(), time.time() - start)
+            log.info("evaluator step %d/%d loss %.4f (%.0f s)", step + 1, steps, value.item(), time.time() - start)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(out / "model.safetensors"))
     config = {"kind": "miniworld-evaluator-cnn", "channels": list(CHANNELS), "hidden": HIDDEN,
               "input_resolution": INPUT_RESOLUTION, "shapes": list(SHAPES), "colours": list(COLOURS),
+              "backgrounds": list(BACKGROUNDS),
               "seed": seed, "steps": steps, "batch": batch, "lr": lr,
               "train_seconds": round(time.time() - start, 1)}
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -159,6 +190,7 @@ class Evaluator:
     def __init__(self, model: EvaluatorNet, config: dict[str, Any]) -> None:
         self.model, self.config = model.eval(), config
         self.shapes, self.colours = tuple(config["shapes"]), tuple(config["colours"])
+        self.backgrounds = tuple(config["backgrounds"])
 
     @torch.no_grad()
     def read(self, images: torch.Tensor, batch: int = 512) -> tuple[list[str], list[str]]:
@@ -169,6 +201,27 @@ class Evaluator:
             shapes += [self.shapes[j] for j in s.argmax(1).tolist()]
             colours += [self.colours[j] for j in c.argmax(1).tolist()]
         return shapes, colours
+
+    @torch.no_grad()
+    def read_scenes(self, images: torch.Tensor, batch: int = 512) -> list[world.Scene]:
+        """The scene read in each of (N, 3, H, W) images in [0, 1]: one or two objects at the read
+        centroid with the read mean radius (all the rating rule needs; sizes and positions are not words)."""
+        scenes = []
+        for i in range(0, len(images), batch):
+            parts = self.model.read_all(to_input(images[i : i + batch].detach().cpu()))
+            shape, colour, background, count, second = (p.argmax(1).tolist() for p in parts[:5])
+            for j, (x, y, r) in enumerate(parts[5].tolist()):
+                first = world.WorldObject(self.shapes[shape[j]], self.colours[colour[j]], "", "", x, y, r)
+                objects = (first,) if count[j] == 0 else (
+                    first, dataclasses.replace(first, colour=self.colours[second[j]]))
+                scenes.append(world.Scene(objects=objects, background=self.backgrounds[background[j]]))
+        return scenes
+
+    def gold_ratings(self, images: torch.Tensor) -> torch.Tensor:
+        """The aesthetic rule (:func:`rating.rating`) applied to the scene read in each image: float (N,) in [1, 10]."""
+        from raft_diffusion.miniworld import rating
+
+        return torch.tensor([rating.rating(s) for s in self.read_scenes(images)])
 
     def correctness(self, images: torch.Tensor, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(shape correct, colour correct) as float tensors (N,) of 0/1 against :func:`world.parse_prompt`."""
@@ -209,6 +262,11 @@ def read(images: torch.Tensor) -> tuple[list[str], list[str]]:
 def accuracy(images: torch.Tensor, prompts: Sequence[str]) -> tuple[float, float]:
     """(shape accuracy, colour accuracy) of the committed evaluator against the prompts."""
     return default_evaluator().accuracy(images, prompts)
+
+
+def gold_ratings(images: torch.Tensor) -> torch.Tensor:
+    """The gold aesthetic rating of each image (the rule applied to the committed evaluator's reading), float (N,)."""
+    return default_evaluator().gold_ratings(images)
 
 
 class IndependentScorer:
@@ -254,6 +312,22 @@ def heldout_accuracy(evaluator: Evaluator, n: int = 1000, *, ood: bool = False, 
     return evaluator.accuracy(images, [world.caption(s) for s in scenes])
 
 
+def heldout_rating_agreement(evaluator: Evaluator, n: int = 1000, *,
+                             resolution: int = INPUT_RESOLUTION) -> dict[str, float]:
+    """Spearman correlation and mean absolute error of the gold rating read from held-out renders
+    (single- and two-object, at ``resolution``) against the rule applied to the true scenes."""
+    from raft_diffusion.miniworld import rating
+    from raft_diffusion.miniworld.train_aesthetic import spearman
+
+    scenes = world.heldout_scenes(n, single=False)
+    images = world.render_batch(scenes)
+    if resolution != INPUT_RESOLUTION:
+        images = downsample(images, resolution)
+    truth = torch.tensor([rating.rating(s) for s in scenes])
+    read = evaluator.gold_ratings(images)
+    return {"spearman": round(spearman(read, truth), 4), "mae": round(float((read - truth).abs().mean()), 4)}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m raft_diffusion.miniworld.evaluator OUT [--seed S] [--steps N]``: train and report."""
     import argparse
@@ -271,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for tag, ood, single in (("", False, True), ("ood_", True, True), ("two_", False, False)):
             s, c = heldout_accuracy(ev, ood=ood, single=single, resolution=res)
             report[f"{tag}{res}px"] = {"shape_acc": round(s, 4), "colour_acc": round(c, 4)}
+        report[f"rating_{res}px"] = heldout_rating_agreement(ev, resolution=res)
     config = json.loads((out / "config.json").read_text())
     config["heldout"] = report
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")

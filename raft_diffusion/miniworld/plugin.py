@@ -22,6 +22,8 @@ SCORERS = {
                           "in {0, 0.5, 1}",
     "miniworld-independent": "miniworld: (shape right + colour right) / 2 by the independent evaluator (a small "
                              "CNN trained only on renders); in {0, 0.5, 1}",
+    "miniworld-shape": "miniworld: hand-written shape reading (foreground mask against each shape's template, "
+                       "soft IoU): prompted shape's IoU minus the best other's, in [-1, 1]; nothing learned",
 }
 PROMPT_SETS = {
     "miniworld": "the miniworld's in-domain prompts ('a red circle', ...: 16 colour/shape pairs)",
@@ -57,6 +59,13 @@ def miniworld_independent(**kwargs: Any) -> Any:
     return IndependentScorer(**kwargs)
 
 
+def miniworld_shape(**kwargs: Any) -> Any:
+    """The ``miniworld-shape`` scorer (template fit of the foreground mask, nothing learned)."""
+    from raft_diffusion.miniworld.shape_reward import ShapeScorer
+
+    return ShapeScorer(**kwargs)
+
+
 def load_prompt_set(name: str) -> list[Any]:
     """The prompts of ``miniworld`` or ``miniworld-ood``, with their colour and shape as metadata."""
     from prompts import Prompt
@@ -78,7 +87,7 @@ def _prompt_loader(name: str):
 
 
 def register() -> None:
-    """Register the ``miniworld`` model alias, the four miniworld scorers, the two prompt sets and
+    """Register the ``miniworld`` model alias, the miniworld scorers, the two prompt sets and
     the ``raft-diffusion miniworld`` command."""
     import prompts
     import scorers
@@ -88,7 +97,8 @@ def register() -> None:
 
     register_model_alias("miniworld", pipeline_path, "the bundled miniature Stable Diffusion (32 px), offline")
     factories = {"miniworld-clip": miniworld_clip, "miniworld-aesthetic": miniworld_aesthetic,
-                 "miniworld-fidelity": miniworld_fidelity, "miniworld-independent": miniworld_independent}
+                 "miniworld-fidelity": miniworld_fidelity, "miniworld-independent": miniworld_independent,
+                 "miniworld-shape": miniworld_shape}
     for name, description in SCORERS.items():
         scorers.register(name, factories[name], description)
     for name, description in PROMPT_SETS.items():

@@ -1,0 +1,41 @@
+"""The hand-written ``miniworld-shape`` reward reads the shape of renders at 32 and 16 px, ranks the
+prompted shape above the others, and is a registered scorer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import scorers
+from raft_diffusion.miniworld import evaluator, shape_reward, world
+
+
+@pytest.mark.parametrize("resolution,floor", [(32, 0.97), (16, 0.85)])
+@pytest.mark.parametrize("ood", [False, True])
+def test_reads_heldout_shapes(resolution, floor, ood):
+    scenes = world.heldout_scenes(200, ood=ood)
+    images = world.render_batch(scenes)
+    if resolution != 32:
+        images = evaluator.downsample(images, resolution)
+    read = shape_reward.read_shapes(images)
+    acc = sum(r == s.objects[0].shape for r, s in zip(read, scenes)) / len(scenes)
+    assert acc >= floor, acc
+
+
+def test_foreground_of_plain_image_is_empty():
+    grey = torch.full((2, 3, 16, 16), 0.5)
+    assert float(shape_reward.foreground(grey).max()) == 0.0
+
+
+def test_scorer_prefers_prompted_shape():
+    scorer = scorers.build("miniworld-shape")
+    assert scorer.needs_prompts is True
+    scenes = world.heldout_scenes(40)
+    images = world.render_batch(scenes)
+    right = [f"a {s.objects[0].colour} {s.objects[0].shape}" for s in scenes]
+    wrong = [f"a {s.objects[0].colour} {next(x for x in world.SHAPES if x != s.objects[0].shape)}" for s in scenes]
+    r_right, r_wrong = scorer(images, right, [{}] * 40), scorer(images, wrong, [{}] * 40)
+    assert r_right.shape == (40,) and bool(((r_right >= -1) & (r_right <= 1)).all())
+    assert float((r_right > 0).float().mean()) >= 0.95
+    assert bool((r_right > r_wrong).all())
+    assert scorer(images[:1], ["a nice picture"], [{}]).tolist() == [0.0]
