@@ -11,8 +11,9 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 def _pct(x: float) -> str:
@@ -119,7 +120,7 @@ def sampler_lines(result: dict[str, Any]) -> list[str]:
 
 def seed_lines(results: Sequence[dict[str, Any]]) -> list[str]:
     """One markdown row per seed (and the mean): the headline figures, independent beside CLIP."""
-    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    pct = _pct
     if results[0]["experiment"] == "resolution":
         cols = ["shape (independent)", "shape (CLIP)", "colour (independent)", "colour (CLIP)",
                 "shape drop recovered (independent / CLIP)", "colour drop recovered (independent / CLIP)",
@@ -169,16 +170,17 @@ def write_results(results: Sequence[dict[str, Any]], folder: str | Path) -> Path
     seeds = ", ".join(str(r.get("seed", 0)) for r in results)
     wall = ", ".join(f"{r['wall_s']:.0f}" for r in results)
     text = [f"# Miniworld {name} experiment", "",
-            f"preset `{result['preset']}`, reward `{result['reward']}`, {result['rounds']} rounds x "
+            (f"preset `{result['preset']}`, reward `{result['reward']}`, {result['rounds']} rounds x "
             f"{result['prompts_per_round']} prompts x K={result['k']}, generating and training at {result['resolution']} px "
             f"(native {result['native_resolution']} px); evaluation: {result['per_prompt']} images per prompt from fixed "
             f"seeds; `raft.seed` {seeds}; wall time {wall} s on the CPU. Shape and colour are read by the independent "
-            "evaluator (a CNN trained only on renders; the headline) and by the miniworld CLIP.", "",
+             "evaluator (a CNN trained only on renders; the headline) and by the miniworld CLIP."), "",
             "In-domain, after RAFT, per seed:", "", *seed_lines(results), "",
             f"Seed {result.get('seed', 0)} in full:", "", *summary_lines(result), "", *checks(result)]
     samplers = sampler_lines(result)
     if samplers:
-        text += ["", "The base and the tuned model under other samplers (in-domain, same prompts and seeds):", "", *samplers]
+        text += ["", "The base and the tuned model under other samplers (in-domain, same prompts and seeds):", ""]
+        text += samplers
     md.write_text("\n".join(text) + "\n", encoding="utf-8")
     (folder / f"miniworld_{name}.json").write_text(json.dumps(list(results), indent=1, default=str) + "\n")
     curve = folder / f"miniworld_{name}_curve.csv"

@@ -28,7 +28,7 @@ def checks(f: dict) -> list[tuple[str, object, str, bool | None]]:
     ev = f.get("evaluator", {})
     if ev:
         nat_ = f.get("generation_settings", {}).get("native_resolution")
-        for key in sorted(k for k in ev if k.startswith("shape_acc@") or k.startswith("ood_shape_acc@")):
+        for key in sorted(k for k in ev if k.startswith(("shape_acc@", "ood_shape_acc@"))):
             res = key.split("@")[1]
             ood = "out-of-domain" if key.startswith("ood_") else "in-domain"
             col = ev.get(key.replace("shape", "colour"))

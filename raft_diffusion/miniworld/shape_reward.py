@@ -31,7 +31,7 @@ FOREGROUND_DISTANCE = 0.25
 SUPERSAMPLE = 4
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _unit_template(shape: str, n: int = 256) -> tuple[float, float, float]:
     """(area, centroid u, centroid v) of ``shape`` at radius 1, in radius units."""
     c = (torch.arange(n, dtype=torch.float64) + 0.5) / n * 2.4 - 1.2
@@ -52,7 +52,7 @@ def foreground(images: torch.Tensor) -> torch.Tensor:
 
 def templates(mask: torch.Tensor) -> torch.Tensor:
     """Each shape's template (N, S, H, W) in [0, 1], drawn with the mask's area and centroid."""
-    n, h, w = mask.shape
+    h, w = mask.shape[1:]
     area = mask.sum((1, 2)).clamp_min(1.0)  # pixels
     ys = (torch.arange(h, dtype=torch.float32) + 0.5)
     xs = (torch.arange(w, dtype=torch.float32) + 0.5)
