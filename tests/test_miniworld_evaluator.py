@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import scorers
-from raft_diffusion.miniworld import evaluator, world
+from raft_diffusion.miniworld import evaluator, evaluator_train, world
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +81,12 @@ def test_bad_part_refused():
 
 
 def test_retrain_deterministic(tmp_path):
-    a = evaluator.train_evaluator(seed=3, steps=4, out_dir=tmp_path / "a", batch=32)
-    b = evaluator.train_evaluator(seed=3, steps=4, out_dir=tmp_path / "b", batch=32)
+    a = evaluator_train.train_evaluator(seed=3, steps=4, out_dir=tmp_path / "a", batch=32)
+    b = evaluator_train.train_evaluator(seed=3, steps=4, out_dir=tmp_path / "b", batch=32)
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    c = evaluator.train_evaluator(seed=4, steps=4, out_dir=tmp_path / "c", batch=32)
+    c = evaluator_train.train_evaluator(seed=4, steps=4, out_dir=tmp_path / "c", batch=32)
     wc = load_file(str(c / "model.safetensors"))
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
     loaded = evaluator.load_evaluator(a)
@@ -94,8 +94,25 @@ def test_retrain_deterministic(tmp_path):
 
 
 def test_heldout_seed_refused(tmp_path):
-    with pytest.raises(ValueError):
-        evaluator.train_evaluator(seed=world.HELDOUT_SEED, steps=1, out_dir=tmp_path)
+    for seed in (world.HELDOUT_SEED, evaluator_train.OTHER_HELDOUT_SEED):
+        with pytest.raises(ValueError):
+            evaluator_train.train_evaluator(seed=seed, steps=1, out_dir=tmp_path)
+
+
+@pytest.mark.parametrize("resolution", [32, 16])
+def test_shapes_the_world_lacks_read_as_other(committed, resolution):
+    # a blob is not a circle: ellipses, rotated / stretched shapes and irregular blobs are rejected
+    assert evaluator_train.heldout_other(committed, 300, resolution=resolution) >= 0.85
+
+
+def test_other_never_counts_as_prompted_shape(committed):
+    import random
+
+    rng = random.Random(3)
+    scenes = world.heldout_scenes(40)
+    images = torch.stack([world.render(s, masks=[evaluator_train.other_mask(rng)]) for s in scenes])
+    shape_ok, colour_ok = committed.correctness(images, [world.caption(s) for s in scenes])
+    assert float(shape_ok.mean()) <= 0.15 and float(colour_ok.mean()) >= 0.9
 
 
 @pytest.mark.parametrize("resolution", [32, 16])

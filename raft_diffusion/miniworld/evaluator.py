@@ -1,22 +1,19 @@
 """The miniworld's independent evaluator: a small CNN that reads the shape and colour of a scene.
 
-It is trained only on freshly rendered scenes (:func:`world.render`), never on any model's outputs nor
-on the reward's outputs or gradients, so it can judge RAFT runs without sharing the reward's blind
-spots. Labels and inputs:
+It is trained only on freshly rendered scenes (:mod:`evaluator_train`), never on any model's outputs
+nor on the reward's outputs or gradients, so it can judge RAFT runs without sharing the reward's
+blind spots. It reads:
 
-* colour/shape pairs are drawn uniformly over all 24 pairs (out-of-domain pairs included: the
-  evaluator must read the ``miniworld-ood`` prompts too);
-* in two-object scenes (15%, as in the pretraining stream) the label is ``scene.objects[0]``, the
-  object :func:`world.caption` names first (the left or the top one), matching
-  :func:`world.parse_prompt`, which reads the first colour and the first shape of a prompt;
-* every input is brought to 32 px by :func:`to_input`; half of the training images are rendered at
-  32 px, area-downsampled to 16 px and brought back up, so 16-px generations are read as well;
-* beside shape and colour it reads what the aesthetic rule (:mod:`rating`) needs: the background,
-  the number of objects, the second object's colour, the objects' centroid and mean radius, so
-  :func:`gold_ratings` applies the written-down rule to what it sees in a generated image.
+* the shape of the first-named object, one of the world's four or :data:`OTHER`: a shape the world
+  does not have (an ellipse, a rotated or stretched shape, an irregular blob). A generated blob is
+  not a circle, square, triangle or cross, and the evaluator says so instead of picking the nearest;
+* its colour; the background, the number of objects, the second object's colour, the objects'
+  centroid and mean radius: what the aesthetic rule (:mod:`rating`) needs, so :func:`gold_ratings`
+  applies the written-down rule to what it sees in a generated image.
 
-``assets/evaluator/`` holds the committed weights (float16 ``model.safetensors`` + ``config.json``);
-``python -m raft_diffusion.miniworld.evaluator OUT`` retrains them (about a minute on the CPU).
+Inputs of any size are brought to 32 px by :func:`to_input`. ``assets/evaluator/`` holds the
+committed weights (float16 ``model.safetensors`` + ``config.json``);
+``python -m raft_diffusion.miniworld.evaluator_train OUT`` retrains them (a few minutes on the CPU).
 """
 
 from __future__ import annotations
@@ -25,8 +22,6 @@ import dataclasses
 import functools
 import json
 import logging
-import random
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,11 +38,11 @@ INPUT_RESOLUTION = 32
 LOW_RESOLUTION = 16
 CHANNELS = (16, 32, 64)
 HIDDEN = 64
-SHAPES: tuple[str, ...] = world.SHAPES
+OTHER = "other"
+"""The shape read for anything that is none of the world's four shapes."""
+SHAPES: tuple[str, ...] = (*world.SHAPES, OTHER)
 COLOURS: tuple[str, ...] = tuple(world.COLOURS)
 BACKGROUNDS: tuple[str, ...] = tuple(world.BACKGROUNDS)
-GEOMETRY_WEIGHT = 20.0
-"""Weight of the geometry regression (centroid x, y and mean radius, fractions of the side) in the loss."""
 
 
 def evaluator_path() -> Path:
@@ -58,7 +53,7 @@ def evaluator_path() -> Path:
 
 
 class EvaluatorNet(nn.Module):
-    """Three conv blocks (conv 3x3, ReLU, max-pool 2) on 32 px, then one hidden layer with the shape
+    """Three conv blocks (conv 3x3, ReLU, max-pool 2) on 32 px, then one hidden layer with the shape (5 classes)
     and colour heads and a second hidden layer with the heads for background, object count (1 or 2), the second object's colour, and the geometry (centroid
     x, y and mean radius)."""
 
@@ -78,7 +73,7 @@ class EvaluatorNet(nn.Module):
         self.scene_head = nn.Linear(hidden, len(BACKGROUNDS) + 2 + len(COLOURS) + 3)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(shape logits (N, 4), colour logits (N, 6)) of 32-px images in [0, 1]."""
+        """(shape logits (N, 5), colour logits (N, 6)) of 32-px images in [0, 1]."""
         return self.read_all(x)[:2]
 
     def read_all(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -104,84 +99,6 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
 def downsample(images: torch.Tensor, resolution: int = LOW_RESOLUTION) -> torch.Tensor:
     """Area-downsample square images to ``resolution`` (how 16-px test images are made from renders)."""
     return F.interpolate(images, size=(resolution, resolution), mode="area")
-
-
-def training_scene(rng: random.Random) -> world.Scene:
-    """A scene of the pretraining stream's layout with its colour/shape pairs redrawn over all 24 pairs."""
-    scene = world.sample_scene(rng)
-    objects = tuple(
-        dataclasses.replace(o, colour=rng.choice(COLOURS), shape=rng.choice(SHAPES)) for o in scene.objects
-    )
-    return dataclasses.replace(scene, objects=objects)
-
-
-def labels(scenes: Sequence[world.Scene]) -> tuple[torch.Tensor, ...]:
-    """(shape, colour, background, count - 1, second colour) indices (second colour -100 for one
-    object: ignored by the loss) and the geometry (N, 3): centroid x, y and mean radius."""
-    shapes = torch.tensor([SHAPES.index(s.objects[0].shape) for s in scenes])
-    colours = torch.tensor([COLOURS.index(s.objects[0].colour) for s in scenes])
-    backgrounds = torch.tensor([BACKGROUNDS.index(s.background) for s in scenes])
-    counts = torch.tensor([len(s.objects) - 1 for s in scenes])
-    second = torch.tensor([COLOURS.index(s.objects[1].colour) if len(s.objects) > 1 else -100 for s in scenes])
-    geometry = torch.tensor([[sum(getattr(o, k) for o in s.objects) / len(s.objects) for k in ("x", "y", "radius")]
-                             for s in scenes])
-    return shapes, colours, backgrounds, counts, second, geometry
-
-
-def loss(model: EvaluatorNet, images: torch.Tensor, targets: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The training loss: cross-entropy of every class head plus the weighted geometry MSE."""
-    *logits, geometry = model.read_all(images)
-    *classes, geometry_target = targets
-    total = sum(F.cross_entropy(lg, t, ignore_index=-100) for lg, t in zip(logits, classes)
-                if bool((t != -100).any()))
-    return total + GEOMETRY_WEIGHT * F.mse_loss(geometry, geometry_target)
-
-
-def training_batch(rng: random.Random, gen: torch.Generator, batch: int) -> tuple[torch.Tensor, ...]:
-    """(images, *labels): half at 32 px, half through 16 px; light pixel noise."""
-    scenes = [training_scene(rng) for _ in range(batch)]
-    images = world.render_batch(scenes)
-    low = torch.rand(batch, generator=gen) < 0.5
-    images[low] = to_input(downsample(images[low]))
-    sigma = 0.04 * torch.rand(batch, 1, 1, 1, generator=gen)
-    images = (images + sigma * torch.randn(images.shape, generator=gen)).clamp(0, 1)
-    return (images, *labels(scenes))
-
-
-def train_evaluator(seed: int = 0, steps: int = 1500, out_dir: str | Path = "evaluator", *,
-                    batch: int = 128, lr: float = 2e-3) -> Path:
-    """Train the evaluator from ``seed`` (must differ from :data:`world.HELDOUT_SEED`) and write
-    ``config.json`` + float16 ``model.safetensors`` into ``out_dir``; returns ``out_dir``."""
-    from safetensors.torch import save_file
-
-    if seed == world.HELDOUT_SEED:
-        raise ValueError("the training seed must differ from world.HELDOUT_SEED")
-    torch.manual_seed(seed)
-    rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
-    model = EvaluatorNet()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    start = time.time()
-    for step in range(steps):
-        images, *targets = training_batch(rng, gen, batch)
-        value = loss(model, images, targets)
-        opt.zero_grad()
-        value.backward()
-        opt.step()
-        sched.step()
-        if step % 250 == 0 or step == steps - 1:
-            log.info("evaluator step %d/%d loss %.4f (%.0f s)", step + 1, steps, value.item(), time.time() - start)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(out / "model.safetensors"))
-    config = {"kind": "miniworld-evaluator-cnn", "channels": list(CHANNELS), "hidden": HIDDEN,
-              "input_resolution": INPUT_RESOLUTION, "shapes": list(SHAPES), "colours": list(COLOURS),
-              "backgrounds": list(BACKGROUNDS),
-              "seed": seed, "steps": steps, "batch": batch, "lr": lr,
-              "train_seconds": round(time.time() - start, 1)}
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    return out
 
 
 class Evaluator:
@@ -326,31 +243,3 @@ def heldout_rating_agreement(evaluator: Evaluator, n: int = 1000, *,
     truth = torch.tensor([rating.rating(s) for s in scenes])
     read = evaluator.gold_ratings(images)
     return {"spearman": round(spearman(read, truth), 4), "mae": round(float((read - truth).abs().mean()), 4)}
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m raft_diffusion.miniworld.evaluator OUT [--seed S] [--steps N]``: train and report."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("out", nargs="?", default=str(evaluator_path()))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=1500)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = train_evaluator(args.seed, args.steps, args.out)
-    ev = load_evaluator(out)
-    report = {}
-    for res in (INPUT_RESOLUTION, LOW_RESOLUTION):
-        for tag, ood, single in (("", False, True), ("ood_", True, True), ("two_", False, False)):
-            s, c = heldout_accuracy(ev, ood=ood, single=single, resolution=res)
-            report[f"{tag}{res}px"] = {"shape_acc": round(s, 4), "colour_acc": round(c, 4)}
-        report[f"rating_{res}px"] = heldout_rating_agreement(ev, resolution=res)
-    config = json.loads((out / "config.json").read_text())
-    config["heldout"] = report
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    log.info("held-out accuracy: %s", json.dumps(report))
-
-
-if __name__ == "__main__":
-    main()

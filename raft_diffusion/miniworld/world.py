@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -172,15 +172,19 @@ def _shape_mask(shape: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
 
 
-def render(scene: Scene, resolution: int = NATIVE_RESOLUTION) -> torch.Tensor:
-    """Draw ``scene``: float32 tensor (3, resolution, resolution) in [0, 1], anti-aliased."""
+def render(scene: Scene, resolution: int = NATIVE_RESOLUTION,
+           masks: Sequence[Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None] | None = None) -> torch.Tensor:
+    """Draw ``scene``: float32 tensor (3, resolution, resolution) in [0, 1], anti-aliased. ``masks``
+    (one per object, None = the object's shape) replaces an object's inside-test ``(u, v) -> bool``
+    in object coordinates (u right, v down, radius 1): how shapes outside the world are drawn."""
     n = resolution * SUPERSAMPLE
     coords = (torch.arange(n, dtype=torch.float32) + 0.5) / n
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
     jitter = torch.tensor(scene.colour_jitter, dtype=torch.float32).view(3, 1, 1)
     img = torch.tensor(BACKGROUNDS[scene.background], dtype=torch.float32).view(3, 1, 1).expand(3, n, n).clone()
-    for obj in scene.objects:
-        mask = _shape_mask(obj.shape, (xx - obj.x) / obj.radius, (yy - obj.y) / obj.radius)
+    for i, obj in enumerate(scene.objects):
+        inside = masks[i] if masks is not None and masks[i] is not None else (lambda u, v, s=obj.shape: _shape_mask(s, u, v))
+        mask = inside((xx - obj.x) / obj.radius, (yy - obj.y) / obj.radius)
         colour = torch.tensor(COLOURS[obj.colour], dtype=torch.float32).view(3, 1, 1)
         img = torch.where(mask, colour + jitter, img)
     img = torch.nn.functional.avg_pool2d(img[None], SUPERSAMPLE)[0]
