@@ -39,3 +39,15 @@ def test_scorer_prefers_prompted_shape():
     assert float((r_right > 0).float().mean()) >= 0.95
     assert bool((r_right > r_wrong).all())
     assert scorer(images[:1], ["a nice picture"], [{}]).tolist() == [0.0]
+
+
+def test_faithful_filter_keeps_prompted_shape_and_colour():
+    from types import SimpleNamespace
+
+    scenes = world.heldout_scenes(40)
+    images = world.render_batch(scenes)
+    right = [f"a {s.objects[0].colour} {s.objects[0].shape}" for s in scenes]
+    wrong_shape = [f"a {s.objects[0].colour} {next(x for x in world.SHAPES if x != s.objects[0].shape)}" for s in scenes]
+    kept = shape_reward.faithful(SimpleNamespace(outputs=images, texts=right), [0.0] * 40)
+    assert len(kept) == 40 and sum(kept) >= 34
+    assert not any(shape_reward.faithful(SimpleNamespace(outputs=images, texts=wrong_shape), [0.0] * 40))

@@ -105,3 +105,14 @@ class ShapeScorer:
             others = torch.cat([fits[i, :j], fits[i, j + 1 :]])
             out[i] = fits[i, j] - others.max()
         return out
+
+
+def faithful(samples: Any, rewards: Sequence[float]) -> list[bool]:
+    """A ranking filter fed by a second model (``ranking.filter:
+    raft_diffusion.miniworld.shape_reward:faithful``): keep the images whose prompted shape fits
+    best by this module's templates and whose prompted colour the miniworld CLIP names."""
+    from raft_diffusion.miniworld.fidelity import shared_scorer
+
+    margin = ShapeScorer()(samples.outputs, samples.texts)
+    _, colour_ok = shared_scorer().correctness(samples.outputs, samples.texts)
+    return [bool(m > 0 and c) for m, c in zip(margin.tolist(), colour_ok.tolist())]
