@@ -104,7 +104,8 @@ class GenerationConfig:
 class RewardConfig:
     scorer: str = _f("miniworld-aesthetic", "registered scorer name (see `raft-diffusion scorers`) or 'module:function'")
     kwargs: dict = _f({}, "keyword arguments of the scorer's factory")
-    eval_scorers: dict = _f({"miniworld-clip": {}}, "extra held-out scorers {name: {kwargs}} reported on the eval prompts")
+    eval_scorers: dict = _f({"miniworld-clip": {}, "miniworld-independent": {}, "miniworld-gold": {}},
+                            "extra held-out scorers {name: {kwargs}} reported on the eval prompts")
 
 
 @dataclass

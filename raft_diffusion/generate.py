@@ -20,7 +20,7 @@ from raft_diffusion.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: what ``generate`` uses when neither the caller nor a run's config says
-DEFAULTS: dict[str, Any] = {"pretrained": "tiny", "family": None, "scheduler": None, "steps": 20, "guidance_scale": 7.5,
+DEFAULTS: dict[str, Any] = {"pretrained": "tiny", "family": None, "scheduler": None, "steps": 20, "eta": 0.0, "guidance_scale": 7.5,
                             "height": None, "width": None, "dtype": "float32", "negative_prompt": None, "seed": 0,
                             "num_images": 1}
 #: the run's eval seeds are sample_seed(raft.seed + EVAL_SEED_OFFSET, 0, i), as the round loop draws them
@@ -37,7 +37,7 @@ def run_settings(run_dir: Path) -> tuple[dict[str, Any], list[str]]:
 
     cfg = load_config(latest_config(run_dir))
     m, s, p = cfg.model, cfg.sampling, cfg.prompts
-    settings = {"pretrained": m.pretrained, "family": m.family, "scheduler": s.scheduler, "steps": s.steps,
+    settings = {"pretrained": m.pretrained, "family": m.family, "scheduler": s.scheduler, "steps": s.steps, "eta": s.eta,
                 "guidance_scale": s.guidance_scale, "height": s.height, "width": s.width, "dtype": m.dtype,
                 "negative_prompt": s.negative_prompt, "seed": cfg.raft.seed + EVAL_SEED_OFFSET,
                 "num_images": cfg.raft.eval_samples_per_prompt}
@@ -63,6 +63,7 @@ def generate(
     num_images: int | None = None,
     scheduler: str | None = None,
     steps: int | None = None,
+    eta: float | None = None,
     guidance_scale: float | None = None,
     height: int | None = None,
     width: int | None = None,
@@ -85,7 +86,7 @@ def generate(
 
     if isinstance(prompts, str):
         prompts = [prompts]
-    given = {"pretrained": pretrained, "family": family, "scheduler": scheduler, "steps": steps,
+    given = {"pretrained": pretrained, "family": family, "scheduler": scheduler, "steps": steps, "eta": eta,
              "guidance_scale": guidance_scale, "height": height, "width": width, "dtype": dtype,
              "negative_prompt": negative_prompt, "seed": seed, "num_images": num_images}
     settings, run_prompts = dict(DEFAULTS), []
@@ -104,6 +105,8 @@ def generate(
             raise ConfigError(f"{flag} must be >= 1, got {st[name]}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if not math.isfinite(st["eta"]) or not 0 <= st["eta"] <= 1:
+        raise ConfigError(f"--eta must be a number in [0, 1] (0 deterministic DDIM, 1 ancestral), got {st['eta']}")
     if not math.isfinite(st["guidance_scale"]) or st["guidance_scale"] < 0:
         raise ConfigError(f"--guidance-scale must be a finite number >= 0, got {st['guidance_scale']}")
     if not texts:
@@ -116,7 +119,7 @@ def generate(
     all_texts = [p for p in texts for _ in range(st["num_images"])]
     seeds = [sample_seed(st["seed"], 0, i) for i in range(len(all_texts))]
     result = sampling.generate(
-        fam, sampling.PromptEncoder(fam, st["negative_prompt"]), all_texts, seeds, steps=st["steps"],
+        fam, sampling.PromptEncoder(fam, st["negative_prompt"]), all_texts, seeds, steps=st["steps"], eta=st["eta"],
         guidance_scale=st["guidance_scale"], height=fam.size[0], width=fam.size[1], batch_size=batch_size,
     )
     out = Path(out_dir)

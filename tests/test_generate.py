@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -62,9 +64,10 @@ def test_generate_cli_from_a_run(run_dir, tmp_path, capsys):
     ({"batch_size": 0}, "--batch-size must be >= 1, got 0"),
     ({"guidance_scale": float("nan")}, "--guidance-scale must be a finite number >= 0, got nan"),
     ({"num_images": 0}, "--num-images must be >= 1, got 0"),
+    ({"eta": 1.5}, "--eta must be a number in [0, 1] (0 deterministic DDIM, 1 ancestral), got 1.5"),
 ])
 def test_bad_generate_settings_are_refused(tiny_pipeline_dir, tmp_path, kwargs, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         generate(str(tiny_pipeline_dir), ["a cat"], tmp_path / "x", **kwargs)
     assert not (tmp_path / "x").exists()
 
@@ -79,6 +82,27 @@ def test_a_scheduler_swap_never_inherits_clip_sample():
     assert make_scheduler("ddim", config).config.clip_sample is False
     ddim = {**diffusers.DDIMScheduler(clip_sample=True).config, "_class_name": "DDIMScheduler"}
     assert make_scheduler("ddim", ddim).config.clip_sample is True, "the same class keeps its own setting"
+
+
+def test_eta_reaches_the_sampler(run_dir, tmp_path):
+    ddim = generate(None, ["a red car"], tmp_path / "a", lora=run_dir, scheduler="ddim", device="cpu")
+    ancestral = generate(None, ["a red car"], tmp_path / "b", lora=run_dir, scheduler="ddim", eta=1.0, device="cpu")
+    assert np.abs(pixels(ddim[0]) - pixels(ancestral[0])).max() > 2, "eta 1 draws fresh noise each step"
+    again = main(["generate", "--lora", str(run_dir), "--prompt", "a red car", "--scheduler", "ddim", "--eta", "1",
+                  "--out", str(tmp_path / "c"), "--device", "cpu"])
+    assert again == 0 and np.array_equal(pixels(ancestral[0]), pixels(tmp_path / "c" / "0000.png"))
+
+
+def test_the_miniworld_scheduler_config_swaps_without_clipping():
+    # a user's swap in plain diffusers (DDIMScheduler.from_config) must not clip the latents to [-1, 1]:
+    # DDIM's own default did, and erased the aesthetic LoRA's gain under DDIM
+    import diffusers
+
+    from raft_diffusion.miniworld import pipeline_path
+
+    config = diffusers.DPMSolverMultistepScheduler.from_pretrained(pipeline_path(), subfolder="scheduler").config
+    for name in ("DDIMScheduler", "DDPMScheduler"):
+        assert getattr(diffusers, name).from_config(config).config.clip_sample is False, name
 
 
 def test_a_string_is_one_prompt(tmp_path):

@@ -129,3 +129,15 @@ def test_read_scenes_background_and_count(committed):
     assert sum(len(r.objects) == len(s.objects) for r, s in zip(read, scenes)) >= 190
     ratings = evaluator.gold_ratings(world.render_batch(scenes[:5]))
     assert ratings.shape == (5,) and bool(((ratings >= 1) & (ratings <= 10)).all())
+
+
+def test_gold_scorer_is_the_rule_on_the_reading():
+    import scorers
+    from raft_diffusion.miniworld import rating
+
+    scenes = world.heldout_scenes(60)
+    images = world.render_batch(scenes)
+    gold = scorers.build("miniworld-gold")(images, ["ignored"] * 60, [{}] * 60)
+    assert gold.shape == (60,) and torch.equal(gold, evaluator.gold_ratings(images))
+    truth = torch.tensor([rating.rating(s) for s in scenes])
+    assert float((gold - truth).abs().mean()) <= 0.5

@@ -23,6 +23,8 @@ def register(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=None, help="base seed (default 0, or the run's eval seeds)")
     p.add_argument("--scheduler", default=None, help="sampler (default: the pipeline's own, or the run's)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default 20, or the run's)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM eta: 0 deterministic, 1 ancestral (default 0, or the run's; samplers without eta ignore it)")
     p.add_argument("--guidance-scale", type=float, default=None, help="guidance (default 7.5, or the run's)")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         texts += [p.text for p in prompts.load(args.prompts, template=args.template)]
     paths = generate(
         args.model, texts, args.out, lora=args.lora, seed=args.seed, num_images=args.num_images, scheduler=args.scheduler,
-        steps=args.steps, guidance_scale=args.guidance_scale, height=args.height, width=args.width, dtype=args.dtype,
+        steps=args.steps, eta=args.eta, guidance_scale=args.guidance_scale, height=args.height, width=args.width, dtype=args.dtype,
         device=args.device, batch_size=args.batch_size, family=args.family, negative_prompt=args.negative_prompt,
     )
     print(f"wrote {len(paths)} images to {args.out}")

@@ -188,16 +188,18 @@ def gold_ratings(images: torch.Tensor) -> torch.Tensor:
 
 class IndependentScorer:
     """The ``miniworld-independent`` scorer: per image (shape right + colour right) / 2 by the
-    independent evaluator, in {0, 0.5, 1} (``part='shape'`` or ``'colour'`` for one of them)."""
+    independent evaluator, in {0, 0.5, 1} (``part='shape'`` or ``'colour'`` for one of them;
+    ``part='gold'``, the ``miniworld-gold`` scorer: the gold rating, 1-10, prompts unused)."""
 
     needs_prompts = True
 
     def __init__(self, path: str | Path | None = None, part: str = "both") -> None:
-        if part not in ("both", "shape", "colour"):
+        if part not in ("both", "shape", "colour", "gold"):
             from raft_diffusion.errors import ScorerError
 
-            raise ScorerError(f"miniworld-independent part must be 'both', 'shape' or 'colour', got {part!r}")
-        self.path, self.part, self.name = path, part, "miniworld-independent"
+            raise ScorerError(f"miniworld-independent part must be 'both', 'shape', 'colour' or 'gold', got {part!r}")
+        self.path, self.part = path, part
+        self.name = "miniworld-gold" if part == "gold" else "miniworld-independent"
         self._evaluator: Evaluator | None = None
 
     def evaluator(self) -> Evaluator:
@@ -210,7 +212,10 @@ class IndependentScorer:
     ) -> torch.Tensor:
         from scorers.base import check_images
 
-        shape_ok, colour_ok = self.evaluator().correctness(check_images(outputs, self.name), prompts)
+        images = check_images(outputs, self.name)
+        if self.part == "gold":
+            return self.evaluator().gold_ratings(images)
+        shape_ok, colour_ok = self.evaluator().correctness(images, prompts)
         if self.part == "shape":
             return shape_ok
         if self.part == "colour":

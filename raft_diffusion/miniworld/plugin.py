@@ -22,6 +22,8 @@ SCORERS = {
                           "in {0, 0.5, 1}",
     "miniworld-independent": "miniworld: (shape right + colour right) / 2 by the independent evaluator (a small "
                              "CNN trained only on renders); in {0, 0.5, 1}",
+    "miniworld-gold": "miniworld: the gold rating, the written-down rating rule applied to the independent "
+                      "evaluator's reading of the image, 1-10 (an evaluator for aesthetic runs, not a reward)",
     "miniworld-shape": "miniworld: hand-written shape reading (foreground mask against each shape's template, "
                        "soft IoU): prompted shape's IoU minus the best other's, in [-1, 1]; nothing learned",
 }
@@ -57,6 +59,13 @@ def miniworld_independent(**kwargs: Any) -> Any:
     from raft_diffusion.miniworld.evaluator import IndependentScorer
 
     return IndependentScorer(**kwargs)
+
+
+def miniworld_gold(**kwargs: Any) -> Any:
+    """The ``miniworld-gold`` scorer (the rating rule on the independent evaluator's reading)."""
+    from raft_diffusion.miniworld.evaluator import IndependentScorer
+
+    return IndependentScorer(part="gold", **kwargs)
 
 
 def miniworld_shape(**kwargs: Any) -> Any:
@@ -98,7 +107,7 @@ def register() -> None:
     register_model_alias("miniworld", pipeline_path, "the bundled miniature Stable Diffusion (32 px), offline")
     factories = {"miniworld-clip": miniworld_clip, "miniworld-aesthetic": miniworld_aesthetic,
                  "miniworld-fidelity": miniworld_fidelity, "miniworld-independent": miniworld_independent,
-                 "miniworld-shape": miniworld_shape}
+                 "miniworld-gold": miniworld_gold, "miniworld-shape": miniworld_shape}
     for name, description in SCORERS.items():
         scorers.register(name, factories[name], description)
     for name, description in PROMPT_SETS.items():
