@@ -41,6 +41,17 @@ def test_scorer_prefers_prompted_shape():
     assert scorer(images[:1], ["a nice picture"], [{}]).tolist() == [0.0]
 
 
+def test_an_empty_image_scores_lowest():
+    scorer = scorers.build("miniworld-shape")
+    scenes = world.heldout_scenes(20)
+    images = evaluator.downsample(world.render_batch(scenes), 16)
+    prompts = [world.caption(s) for s in scenes]
+    blank = images[:, :, :1, :1].expand_as(images).clone()  # each image's background colour only
+    assert scorer(blank, prompts, [{}] * 20).tolist() == [-1.0] * 20
+    drawn = scorer(images, prompts, [{}] * 20)
+    assert bool((drawn > -1).all())
+
+
 def test_faithful_filter_keeps_prompted_shape_and_colour():
     from types import SimpleNamespace
 

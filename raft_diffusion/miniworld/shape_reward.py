@@ -8,8 +8,11 @@ This reward looks at the geometry instead, the way a detector or a segmenter wou
    :data:`FOREGROUND_DISTANCE`, clipped to [0, 1];
 3. for every shape of the world, its template (:func:`world.render`'s geometry) is drawn with the
    mask's area and centroid, and compared with the mask by soft IoU (min / max);
-4. the reward is the prompted shape's IoU minus the best other shape's: in [-1, 1], above 0 when the
-   prompted shape fits best.
+4. the margin is the prompted shape's IoU minus the best other shape's, above 0 when the prompted
+   shape fits best;
+5. an image with too little foreground to hold an object (under :data:`MIN_AREA` of the image, the
+   smallest object the world draws) is scored toward -1, so drawing nothing never beats drawing:
+   reward = presence * margin - (1 - presence), presence = min(1, foreground area / MIN_AREA); in [-1, 1].
 
 It shares no weights, data or code path with the independent evaluator
 (:mod:`raft_diffusion.miniworld.evaluator`), which stays the judge.
@@ -29,6 +32,8 @@ from raft_diffusion.miniworld import world
 FOREGROUND_DISTANCE = 0.25
 """Colour distance (RGB, Euclidean) from the background at which a pixel counts fully as foreground."""
 SUPERSAMPLE = 4
+MIN_AREA = 0.03
+"""Foreground area, as a fraction of the image, of the smallest object the world draws (3.5% at 16 px)."""
 
 
 @functools.cache
@@ -71,9 +76,10 @@ def templates(mask: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=1)
 
 
-def shape_fits(images: torch.Tensor) -> torch.Tensor:
-    """Soft IoU (N, S) of each image's foreground with each shape's template (order :data:`world.SHAPES`)."""
-    mask = foreground(images)
+def shape_fits(images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft IoU (N, S) of each image's foreground (``mask``, default :func:`foreground`) with each
+    shape's template (order :data:`world.SHAPES`)."""
+    mask = foreground(images) if mask is None else mask
     t = templates(mask)
     m = mask[:, None]
     return torch.minimum(t, m).sum((2, 3)) / torch.maximum(t, m).sum((2, 3)).clamp_min(1e-6)
@@ -85,8 +91,9 @@ def read_shapes(images: torch.Tensor) -> list[str]:
 
 
 class ShapeScorer:
-    """``miniworld-shape``: IoU of the prompted shape's template minus the best other shape's, (N,) in [-1, 1].
-    A prompt naming no shape scores 0."""
+    """``miniworld-shape``: IoU of the prompted shape's template minus the best other shape's, toward -1
+    when the image holds too little foreground (module docstring), (N,) in [-1, 1]. A prompt naming
+    no shape scores 0."""
 
     needs_prompts = True
     name = "miniworld-shape"
@@ -95,7 +102,10 @@ class ShapeScorer:
                  metadata: Sequence[dict[str, Any]] | None = None) -> torch.Tensor:
         from scorers.base import check_images
 
-        fits = shape_fits(check_images(outputs, self.name).detach().cpu())
+        images = check_images(outputs, self.name).detach().cpu()
+        mask = foreground(images)
+        fits = shape_fits(images, mask)
+        presence = (mask.mean((1, 2)) / MIN_AREA).clamp(max=1.0)
         out = torch.zeros(len(fits))
         for i, prompt in enumerate(prompts):
             shape = world.parse_prompt(prompt)[1]
@@ -103,7 +113,7 @@ class ShapeScorer:
                 continue
             j = world.SHAPES.index(shape)
             others = torch.cat([fits[i, :j], fits[i, j + 1 :]])
-            out[i] = fits[i, j] - others.max()
+            out[i] = presence[i] * (fits[i, j] - others.max()) - (1 - presence[i])
         return out
 
 
