@@ -48,6 +48,8 @@ def test_an_empty_image_scores_lowest():
     prompts = [world.caption(s) for s in scenes]
     blank = images[:, :, :1, :1].expand_as(images).clone()  # each image's background colour only
     assert scorer(blank, prompts, [{}] * 20).tolist() == [-1.0] * 20
+    haze = blank + 0.08 * torch.rand(blank.shape, generator=torch.Generator().manual_seed(0))
+    assert bool((scorer(haze.clamp(0, 1), prompts, [{}] * 20) < -0.9).all()), "a faint haze is not an object"
     drawn = scorer(images, prompts, [{}] * 20)
     assert bool((drawn > -1).all())
 

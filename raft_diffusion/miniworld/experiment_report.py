@@ -21,8 +21,8 @@ def _pct(x: float) -> str:
 
 
 TARGETS = {"shape_acc": "target >= 90%, at the least 50%", "colour_acc": "target >= 90%",
-           "clip_shape_acc": "the reward's own reading", "clip_colour_acc": "the reward's own reading",
-           "miniworld-clip": "the reward"}
+           "clip_shape_acc": "the CLIP the reward uses", "clip_colour_acc": "the CLIP the reward uses",
+           "miniworld-clip": "the reward, or a part of it"}
 
 
 def recovered(result: dict[str, Any], key: str, split: str = "in_domain") -> float:
@@ -54,6 +54,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         for label, key, fmt in rows:
             if label.startswith("held-out CLIP") and reward == "miniworld-clip":
                 continue  # the reward rows above are already the CLIP score
+            if key.startswith(reward) and reward == "multi":
+                continue  # z-scored within each prompt's images: 0 on average by construction
             f = (lambda v: _pct(v)) if fmt is None else (lambda v, fmt=fmt: fmt.format(v))
             cells = ([f(n[key])] if n else []) + [f(b[key]), f(a[key])]
             lines.append(f"| {split.replace('_', '-')} | {label} | " + " | ".join(cells) + " |")

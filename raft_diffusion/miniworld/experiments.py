@@ -82,12 +82,18 @@ def fidelity(images: torch.Tensor, texts: Sequence[str]) -> dict[str, float]:
 
 @contextlib.contextmanager
 def sampler(backend: Any, scheduler: str, eta: float) -> Iterator[None]:
-    """Sample with ``scheduler`` (a ``sampling.scheduler`` name) and DDIM ``eta`` inside the block."""
-    from raft_diffusion.diffusion.pipeline import make_scheduler
+    """Sample with ``scheduler`` (a ``sampling.scheduler`` name) and DDIM ``eta`` inside the block.
+
+    The scheduler is built as a diffusers user swaps one in, ``Class.from_config(pipe.scheduler.config)``
+    (not :func:`make_scheduler`, which also turns off ``clip_sample``), so the table shows what users get."""
+    import diffusers
+
+    from raft_diffusion.diffusion.pipeline import SCHEDULER_CLASSES
 
     pipe, s = backend.pipe, backend.cfg.sampling
     old = pipe.scheduler, s.eta
-    pipe.scheduler, s.eta = make_scheduler(scheduler, old[0].config), eta
+    cls_name, extra = SCHEDULER_CLASSES[scheduler]
+    pipe.scheduler, s.eta = getattr(diffusers, cls_name).from_config(old[0].config, **extra), eta
     try:
         yield
     finally:

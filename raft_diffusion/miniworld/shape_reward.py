@@ -12,7 +12,8 @@ This reward looks at the geometry instead, the way a detector or a segmenter wou
    shape fits best;
 5. an image with too little foreground to hold an object (under :data:`MIN_AREA` of the image, the
    smallest object the world draws) is scored toward -1, so drawing nothing never beats drawing:
-   reward = presence * margin - (1 - presence), presence = min(1, foreground area / MIN_AREA); in [-1, 1].
+   reward = presence * margin - (1 - presence), presence = min(1, area / MIN_AREA), the area
+   counting the pixels at least half foreground (a faint haze is not an object); in [-1, 1].
 
 It shares no weights, data or code path with the independent evaluator
 (:mod:`raft_diffusion.miniworld.evaluator`), which stays the judge.
@@ -105,7 +106,7 @@ class ShapeScorer:
         images = check_images(outputs, self.name).detach().cpu()
         mask = foreground(images)
         fits = shape_fits(images, mask)
-        presence = (mask.mean((1, 2)) / MIN_AREA).clamp(max=1.0)
+        presence = ((mask >= 0.5).float().mean((1, 2)) / MIN_AREA).clamp(max=1.0)
         out = torch.zeros(len(fits))
         for i, prompt in enumerate(prompts):
             shape = world.parse_prompt(prompt)[1]
