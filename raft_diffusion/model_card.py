@@ -106,6 +106,9 @@ def card_text(cfg: Any, history: Any, scorer_name: str, summary: dict[str, Any],
     if summary.get("fidelity_name"):
         lines.append(f"| fidelity `{summary['fidelity_name']}` | {_num(summary.get('fidelity_before'))} | "
                      f"{_num(summary.get('fidelity_after'))} |")
+    for name, reading in (summary.get("held_out") or {}).items():
+        if name != summary.get("fidelity_name"):
+            lines.append(f"| held-out `{name}` | {_num(reading.get('before'))} | {_num(reading.get('after'))} |")
     stop = summary.get("stop_reason")
     best = summary.get("best_round")
     lines += ["", (f"Best round by the held-out guard: {best}. " if best is not None else "")

@@ -20,6 +20,11 @@ def test_default_is_the_miniworld_and_aligns_without_losing_fidelity(tmp_path):
     summary = json.loads((history.run_dir / "summary.json").read_text())
     assert summary["reward_after"] > summary["reward_before"], summary
     assert summary["fidelity_after"] >= 0.95 * summary["fidelity_before"], summary
+    # the judges that are not the reward: the gold rating (the rule on the independent evaluator's
+    # reading) and the independent shape / colour, before and after
+    held_out = summary["held_out"]
+    assert set(held_out) == {"miniworld-clip", "miniworld-independent", "miniworld-gold"}
+    assert 1 <= held_out["miniworld-gold"]["before"] <= 10 and 0 <= held_out["miniworld-independent"]["after"] <= 1
     assert (history.run_dir / "before_after.png").is_file() and (history.run_dir / "report.html").is_file()
 
 

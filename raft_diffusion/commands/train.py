@@ -133,6 +133,9 @@ def closing_lines(cfg: Any, history: Any, what: str) -> list[str]:
                      f"{_change(summary['reward_before'], summary['reward_after'])} (before training -> {at})")
     if summary.get("fidelity_name") and summary.get("fidelity_before") is not None:
         lines.append(f"held-out fidelity ({summary['fidelity_name']}): {_change(summary['fidelity_before'], summary['fidelity_after'])}")
+    for name, reading in (summary.get("held_out") or {}).items():
+        if name != summary.get("fidelity_name") and reading.get("before") is not None:
+            lines.append(f"held-out {name}: {_change(reading['before'], reading['after'])}")
     if summary.get("stop_reason"):
         lines.append(f"stopped early: {summary['stop_reason']}")
     if cfg.backend == "llm":

@@ -126,6 +126,7 @@ def summarize(history: History, guard: str | None, reward: str, eval_names: Sequ
         "stop_reason": rounds[-1].get("stop_reason") if rounds else None,
         "reward_name": reward, "reward_before": reading(first, reward), "reward_after": reading(last, reward),
         "fidelity_name": fidelity, "fidelity_before": reading(first, fidelity), "fidelity_after": reading(last, fidelity),
+        "held_out": {n: {"before": reading(first, n), "after": reading(last, n)} for n in eval_names},
     }
 
 
