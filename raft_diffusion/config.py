@@ -241,8 +241,10 @@ def presets() -> list[str]:
 def read_yaml(source: str | Path) -> dict[str, Any]:
     """Mapping from a YAML path or a preset name; clear errors for missing / unreadable / invalid files."""
     path = Path(source)
-    if not path.exists() and (PRESET_DIR / f"{source}.yaml").exists():
-        path = PRESET_DIR / f"{source}.yaml"
+    if not path.is_file() and (PRESET_DIR / f"{source}.yaml").exists():
+        path = PRESET_DIR / f"{source}.yaml"  # a preset name wins over a folder of that name (a run folder, say)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(source)!r} is a folder; give a YAML file or a preset ({', '.join(presets())})")
     if not path.exists():
         raise ConfigError(
             f"config file {str(source)!r} does not exist; give a YAML path or a preset ({', '.join(presets())})"

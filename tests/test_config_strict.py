@@ -64,3 +64,13 @@ def test_a_comments_only_file_is_refused(tmp_path):
     path.write_text("# raft:\n#   rounds: 5\n")
     with pytest.raises(ConfigError, match="is empty \\(no settings\\); give at least one setting"):
         load_config(path)
+
+
+def test_a_folder_named_like_a_preset_does_not_shadow_it(tmp_path, monkeypatch):
+    # `raft-diffusion train --output.dir default` leaves a folder ./default; the next run still finds the preset
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()
+    (tmp_path / "my-config").mkdir()
+    assert load_config("default").model.pretrained == load_config(None).model.pretrained
+    with pytest.raises(ConfigError, match="config file 'my-config' is a folder; give a YAML file or a preset"):
+        load_config("my-config")

@@ -32,10 +32,23 @@ import torch
 import torch.nn.functional as F
 
 from raft_diffusion.miniworld import world
-from raft_diffusion.miniworld.evaluator import (BACKGROUNDS, CHANNELS, COLOURS, HIDDEN, INPUT_RESOLUTION,
-                                                LOW_RESOLUTION, OTHER, SHAPES, EvaluatorNet, downsample,
-                                                evaluator_path, heldout_accuracy, heldout_rating_agreement,
-                                                load_evaluator, to_input)
+from raft_diffusion.miniworld.evaluator import (
+    BACKGROUNDS,
+    CHANNELS,
+    COLOURS,
+    HIDDEN,
+    INPUT_RESOLUTION,
+    LOW_RESOLUTION,
+    OTHER,
+    SHAPES,
+    EvaluatorNet,
+    downsample,
+    evaluator_path,
+    heldout_accuracy,
+    heldout_rating_agreement,
+    load_evaluator,
+    to_input,
+)
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 - ``resolution``: the miniature SD generates at a resolution it was not trained at
   (:data:`raft_diffusion.miniworld.ADAPTATION_RESOLUTION`) and fails; RAFT with the miniworld
-  CLIP score, generating and training at that resolution, recovers prompt fidelity.
+  CLIP score plus the hand-written shape reward, generating and training at that resolution,
+  recovers the colour and part of the shape.
 - ``aesthetic``: RAFT with the miniworld aesthetic predictor at the native resolution.
 
 :func:`run_experiment` evaluates the base model, runs the preset, evaluates the tuned model on
