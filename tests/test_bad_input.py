@@ -84,7 +84,7 @@ EXIT = {"mid-run failure": 1}
 # (class, id, argv with {placeholders}, fragment of the one-line message)
 CASES = [
     ("config file", "missing config", ["train", "{tmp}/nope.yaml"], "config file '{tmp}/nope.yaml' does not exist"),
-    ("config file", "unreadable config", ["train", "{tmp}/confdir.yaml"], "cannot be read"),
+    ("config file", "config is a folder", ["train", "{tmp}/confdir.yaml"], "is a folder; give a YAML file or a preset"),
     ("config file", "config not UTF-8", ["train", "{tmp}/not-utf8.yaml"], "is not UTF-8 text"),
     ("config file", "invalid YAML", ["train", "{tmp}/bad.yaml"], "is not valid YAML at line"),
     ("config file", "config not a mapping", ["train", "{tmp}/list.yaml"], "must hold a mapping of sections"),
