@@ -63,9 +63,9 @@ def miniworld_independent(**kwargs: Any) -> Any:
 
 def miniworld_gold(**kwargs: Any) -> Any:
     """The ``miniworld-gold`` scorer (the rating rule on the independent evaluator's reading)."""
-    from raft_diffusion.miniworld.evaluator import IndependentScorer
+    from raft_diffusion.miniworld.evaluator import GoldScorer
 
-    return IndependentScorer(part="gold", **kwargs)
+    return GoldScorer(**kwargs)
 
 
 def miniworld_shape(**kwargs: Any) -> Any:
