@@ -103,7 +103,7 @@ def loop_settings(cfg: RaftConfig) -> LoopSettings:
         top_n=k.top_n, top_k=k.top_k, nonfinite=k.nonfinite, eval_every=r.eval_every,
         eval_samples_per_prompt=r.eval_samples_per_prompt, keep_checkpoints=cfg.output.keep_checkpoints,
         kl_beta=k.kl_beta, early_stop=r.early_stop, early_stop_tolerance=r.early_stop_tolerance,
-        early_stop_patience=r.early_stop_patience,
+        early_stop_patience=r.early_stop_patience, early_stop_best=r.early_stop_best,
     )
 
 

@@ -61,6 +61,9 @@ class RaftSection:
     early_stop: Union[str, None] = _f("miniworld-clip", "a held-out scorer that guards the run (a reward.eval_scorers name, or the reward's "
                                       "name): stop when it falls more than early_stop_tolerance below its start; the final "
                                       "LoRA is the best round by it. null disables")
+    early_stop_best: str = _f("reward", "with early_stop, what picks the final round: 'reward' (the highest eval reward among the rounds "
+                              "the guard allows) or 'guard' (the highest guard reading; for a reward whose eval reading says "
+                              "little, such as a z-scored multi)")
     early_stop_tolerance: float = _f(0.05, "with early_stop: the relative fall below the guard's start (0.05 = 5%) that stops the run")
     early_stop_patience: Union[int, None] = _f(None, "stop when the train reward (unbiased) has not improved for N rounds; null disables")
 

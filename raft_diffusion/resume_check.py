@@ -26,7 +26,7 @@ FIXED = ("backend", "lora.rank", "lora.target_modules")
 #: fields (or whole sections, ending in '.') that change nothing the completed rounds mean
 FREE = ("description", "output.", "model.device", "model.offload", "model.attention", "sampling.batch_size",
         "generation.batch_size", "train.gradient_checkpointing", "raft.rounds", "raft.eval_every", "raft.early_stop",
-        "raft.early_stop_tolerance", "raft.early_stop_patience")
+        "raft.early_stop_tolerance", "raft.early_stop_patience", "raft.early_stop_best")
 #: fields left out of the recorded changes: they say how this command was started
 IGNORED = ("output.resume", "output.overwrite", "output.allow_config_change")
 CHANGES = "config-changes.jsonl"

@@ -125,6 +125,7 @@ def validate(cfg: RaftConfig) -> None:
     _check(r.early_stop is None or r.early_stop in (cfg.reward.eval_scorers or {}) or r.early_stop == cfg.reward.scorer,
            f"raft.early_stop {r.early_stop!r} is not a held-out scorer of this run; name one of reward.eval_scorers "
            f"({', '.join(cfg.reward.eval_scorers) or 'none configured'}) or the reward {cfg.reward.scorer!r}")
+    _check(r.early_stop_best in ("reward", "guard"), f"raft.early_stop_best must be 'reward' or 'guard', got {r.early_stop_best!r}")
     _check(r.early_stop is None or bool(cfg.prompts.eval), "raft.early_stop needs eval prompts; set prompts.eval")
     _check(bool(o.dir.strip()), "output.dir is empty; give a folder for the run")
     _check(o.keep_checkpoints is None or o.keep_checkpoints >= 1, f"output.keep_checkpoints must be >= 1 or null, got {o.keep_checkpoints}")

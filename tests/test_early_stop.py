@@ -52,6 +52,8 @@ def test_decide_guard_tolerance_best_round_and_patience():
     assert decide(evals, rows, None, patience=2).stop_reason is None, "one round since the best train reward"
     late = rows + [{"round": 4, "reward_unbiased": 1.9}]
     assert "has not improved for 2 rounds (best 2 at round 2)" in decide(evals, late, None, patience=2).stop_reason
+    guard_best = decide(evals, rows, "g", tolerance=0.05, reward="r", best_by="guard")
+    assert guard_best.best_round == 2, "best by the guard: its highest reading, whatever the reward"
     negative = [{"round": 0, "g": -2.0}, {"round": 1, "g": -2.2}]
     assert decide(negative, rows[:1], "g", 0.05).stop_reason, "a negative start falls by |start| * tolerance"
 
@@ -87,6 +89,21 @@ def test_the_guard_stops_the_run_and_the_final_lora_is_the_best_round(tiny_pipel
     assert all(torch.equal(after[k], final[k]) for k in final)
 
 
+def test_best_by_guard_keeps_the_round_the_guard_reads_highest(tiny_pipeline_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = config(tiny_pipeline_dir, run, **{"raft.rounds": 3, "raft.early_stop": "tests.test_early_stop:FallingGuard",
+                                            "raft.early_stop_best": "guard", "raft.early_stop_tolerance": 1.0})
+    train(cfg, progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best = max((1, 2, 3), key=lambda r: (READINGS[r], -r))
+    assert [r["best_round"] for r in rows] == [1, 2, 2] and best == 2, "10.2 at round 2, then 8.0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_round"] == best and summary["fidelity_after"] == pytest.approx(READINGS[best])
+    final = load_file(run / "pytorch_lora_weights.safetensors")
+    saved = load_file(run / "best" / "pytorch_lora_weights.safetensors")
+    assert all(torch.equal(final[k], saved[k]) for k in final), "the final weights are round 2's"
+
+
 def test_eval_images_and_before_after_grid(tiny_pipeline_dir, tmp_path):
     from PIL import Image
 
@@ -108,6 +125,8 @@ def test_early_stop_config_errors(tiny_pipeline_dir, tmp_path):
         config(tiny_pipeline_dir, tmp_path, **{"raft.early_stop": "nope"})
     with pytest.raises(ConfigError, match="raft.early_stop_patience must be >= 1"):
         config(tiny_pipeline_dir, tmp_path, **{"raft.early_stop_patience": 0})
+    with pytest.raises(ConfigError, match="raft.early_stop_best must be 'reward' or 'guard', got 'best'"):
+        config(tiny_pipeline_dir, tmp_path, **{"raft.early_stop_best": "best"})
 
 
 def test_diverging_names_held_out_scorers_that_fall_while_the_reward_rises():

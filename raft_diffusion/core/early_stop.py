@@ -3,7 +3,9 @@
 A held-out scorer guards the run (``raft.early_stop``: a ``reward.eval_scorers`` name, scored on
 the eval prompts): the run stops when its latest reading falls more than a tolerance below its
 start (round 0, before training), and the run's final weights are those of the best round it
-allows: the highest eval reward among the rounds it keeps within the tolerance. Independently,
+allows: the highest eval reward among the rounds it keeps within the tolerance, or, with
+``raft.early_stop_best: guard``, the highest guard reading (for rewards whose eval reading says
+little, such as a ``multi`` z-scored within each prompt's samples). Independently,
 ``raft.early_stop_patience`` stops a run whose train reward (the unbiased one) has not improved for
 that many rounds. Decisions are a pure function of the History, so a
 resumed run decides exactly as an uninterrupted one. Imports no torch, diffusers or transformers.
@@ -41,12 +43,14 @@ def _finite(x: Any) -> bool:
 
 
 def decide(evals: Sequence[dict[str, Any]], rounds: Sequence[dict[str, Any]], guard: str | None,
-           tolerance: float = 0.05, patience: int | None = None, reward: str | None = None) -> StopDecision:
+           tolerance: float = 0.05, patience: int | None = None, reward: str | None = None,
+           best_by: str = "reward") -> StopDecision:
     """The decision after the last row of ``rounds`` (metrics rows) given the eval rows ``evals``.
 
-    The best round: among the trained eval rounds whose guard reading stays within the tolerance of
-    its start, the one with the highest eval ``reward`` (the earlier on ties); without a ``reward``
-    reading there, or when no round stays within, the round with the highest guard reading."""
+    The best round: with ``best_by`` "reward", among the trained eval rounds whose guard reading
+    stays within the tolerance of its start, the one with the highest eval ``reward`` (the earlier on
+    ties); with ``best_by`` "guard", without a ``reward`` reading there, or when no round stays
+    within, the round with the highest guard reading."""
     best, reason = None, None
     if guard:
         readings = [(int(e["round"]), float(e[guard]), e.get(reward) if reward else None)
@@ -55,7 +59,7 @@ def decide(evals: Sequence[dict[str, Any]], rounds: Sequence[dict[str, Any]], gu
         floor = None if start is None else start - tolerance * abs(start)
         trained = [x for x in readings if x[0] >= 1]
         within = [x for x in trained if floor is None or x[1] >= floor]
-        if within and all(_finite(x[2]) for x in within):
+        if best_by == "reward" and within and all(_finite(x[2]) for x in within):
             best = max(within, key=lambda x: (x[2], -x[0]))[0]
         elif trained:
             best = max(trained, key=lambda x: (x[1], -x[0]))[0]

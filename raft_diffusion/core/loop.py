@@ -67,6 +67,7 @@ class LoopSettings:
     early_stop: str | None = None
     early_stop_tolerance: float = 0.05
     early_stop_patience: int | None = None
+    early_stop_best: str = "reward"
 
 
 class RaftLoop:
@@ -218,7 +219,7 @@ class RaftLoop:
             if falling:
                 row["diverging"] = falling
             decision = early_stop.decide(self.history.evals, self.history.rounds, s.early_stop, s.early_stop_tolerance,
-                                         s.early_stop_patience, reward=self.scorer_name)
+                                         s.early_stop_patience, reward=self.scorer_name, best_by=s.early_stop_best)
             if s.early_stop:
                 row["best_round"] = decision.best_round
             if decision.stop_reason:
