@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from raft_diffusion.api import train
+from raft_diffusion.api import build_loop, train
 from raft_diffusion.config import RaftConfig
 from raft_diffusion.core.early_stop import decide
 from raft_diffusion.errors import ConfigError
@@ -92,8 +92,10 @@ def test_the_guard_stops_the_run_and_the_final_lora_is_the_best_round(tiny_pipel
 def test_best_by_guard_keeps_the_round_the_guard_reads_highest(tiny_pipeline_dir, tmp_path):
     run = tmp_path / "run"
     cfg = config(tiny_pipeline_dir, run, **{"raft.rounds": 3, "raft.early_stop": "tests.test_early_stop:FallingGuard",
-                                            "raft.early_stop_best": "guard", "raft.early_stop_tolerance": 1.0})
-    train(cfg, progress=False)
+                                            "raft.early_stop_best": "guard", "raft.early_stop_tolerance": 1.0,
+                                            "output.keep_checkpoints": 1})
+    loop = build_loop(cfg, progress=False)
+    loop.run()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     best = max((1, 2, 3), key=lambda r: (READINGS[r], -r))
     assert [r["best_round"] for r in rows] == [1, 2, 2] and best == 2, "10.2 at round 2, then 8.0"
@@ -102,6 +104,12 @@ def test_best_by_guard_keeps_the_round_the_guard_reads_highest(tiny_pipeline_dir
     final = load_file(run / "pytorch_lora_weights.safetensors")
     saved = load_file(run / "best" / "pytorch_lora_weights.safetensors")
     assert all(torch.equal(final[k], saved[k]) for k in final), "the final weights are round 2's"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["round-0002", "round-0003"], "pruning spares the best"
+    best_lora = torch.load(run / "checkpoints" / "round-0002" / "state.pt", weights_only=False)["lora"]
+    last_lora = torch.load(run / "checkpoints" / "round-0003" / "state.pt", weights_only=False)["lora"]
+    memory = loop.backend.state_dict()["lora"]
+    assert all(torch.equal(memory[k], best_lora[k]) for k in best_lora), "the model in memory is round 2's too"
+    assert not all(torch.equal(memory[k], last_lora[k]) for k in last_lora)
 
 
 def test_eval_images_and_before_after_grid(tiny_pipeline_dir, tmp_path):

@@ -37,8 +37,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(ckpt_root: Path, round_index: int, state: dict[str, Any], loop_state: dict[str, Any], keep: int | None = None) -> Path:
-    """Write checkpoint ``round_index`` atomically and prune to the newest ``keep`` (None keeps all)."""
+def save_checkpoint(ckpt_root: Path, round_index: int, state: dict[str, Any], loop_state: dict[str, Any], keep: int | None = None,
+                    protect: int | None = None) -> Path:
+    """Write checkpoint ``round_index`` atomically and prune to the newest ``keep`` (None keeps all),
+    sparing round ``protect`` (the best round, whose weights the run ends with)."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"round-{round_index:04d}"
     tmp = ckpt_root / f".round-{round_index:04d}.tmp-{os.getpid()}"
@@ -56,7 +58,8 @@ def save_checkpoint(ckpt_root: Path, round_index: int, state: dict[str, Any], lo
     _fsync_dir(ckpt_root)
     if keep is not None:
         for old in list_checkpoints(ckpt_root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if protect is None or old.name != f"round-{protect:04d}":
+                shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -77,6 +80,14 @@ def _write_files(tmp: Path, state: dict[str, Any], loop_state: dict[str, Any], f
         if name == "state.pt":
             faults.point("checkpoint")
     _fsync_dir(tmp)
+
+
+def best_to_restore(ckpt_root: Path, rows: list[dict[str, Any]]) -> Path | None:
+    """The checkpoint of the run's best round (``best_round`` of the last metrics row) when that is
+    not the last round and its checkpoint is there (pruning spares it), else None."""
+    best = rows[-1].get("best_round") if rows else None
+    path = ckpt_root / f"round-{best or 0:04d}"
+    return path if best is not None and best != rows[-1]["round"] and (path / "state.pt").is_file() else None
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:

@@ -157,13 +157,8 @@ class RaftLoop:
 
     # ----------------------------------------------------------------- state
     def _loop_state(self) -> dict[str, Any]:
-        return {
-            "next_round": self.next_round,
-            "stream": self.stream.state_dict(),
-            "history": self.history.to_dict(),
-            "rng": rng.capture(),
-            "settings": asdict(self.settings),
-        }
+        return {"next_round": self.next_round, "stream": self.stream.state_dict(), "history": self.history.to_dict(),
+                "rng": rng.capture(), "settings": asdict(self.settings)}
 
     def resume(self, resume: str | bool) -> bool:
         """Restore the newest complete checkpoint (or the one named). Returns False when none."""
@@ -231,8 +226,8 @@ class RaftLoop:
                 self._synced(r, "saving the best weights", lambda: self.backend.save_model(self.run_dir / early_stop.BEST_DIR),
                              main_only=True)
             self._synced(r, "checkpoint", lambda: checkpoint.save_checkpoint(
-                self.run_dir / "checkpoints", r, self.backend.state_dict(), self._loop_state(), s.keep_checkpoints),
-                main_only=True)
+                self.run_dir / "checkpoints", r, self.backend.state_dict(), self._loop_state(), s.keep_checkpoints,
+                protect=decision.best_round), main_only=True)
             self._synced(r, "writing metrics", lambda: self.history.write(self.run_dir), main_only=True)
             if self.dist.is_main:
                 log.info(
@@ -248,6 +243,10 @@ class RaftLoop:
                 self._synced(r, "the on_round callback", lambda: self.on_round(r, self.history), main_only=True)
         self._synced(self.next_round - 1, "writing summary.json", lambda: early_stop.finish(
             self.run_dir, self.history, s.early_stop, self.scorer_name, list(self.eval_scorers)), main_only=True)
+        best = checkpoint.best_to_restore(self.run_dir / "checkpoints", self.history.rounds) if s.early_stop else None
+        if best is not None:  # the model in memory becomes the best round's, as the saved weights did
+            self._synced(self.next_round - 1, "loading the best round's weights",
+                         lambda: self.backend.load_state_dict(checkpoint.load_checkpoint(best)[0]))
         return self.history
 
     # ----------------------------------------------------------------- collectives
