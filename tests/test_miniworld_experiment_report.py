@@ -47,6 +47,20 @@ def test_seed_lines_mean_and_both_readings(tmp_path):
     assert (tmp_path / "miniworld_resolution_curve.csv").read_text().startswith("round,")
 
 
+def test_guarded_runs_name_their_final_round_and_the_curve_has_the_guard(tmp_path):
+    results = [_resolution(seed, 0.5) for seed in (0, 1)]
+    for r, best in zip(results, (7, 9)):
+        r["guard"] = "miniworld-independent"
+        r["history"] = [{"round": i, "reward_unbiased": 0.1 * i, "best_round": min(i, best)} for i in range(1, 11)]
+        r["evals"] = [{"round": i, "miniworld-independent": 0.05 * i} for i in range(0, 11)]
+    text = rep.write_results(results, tmp_path).read_text()
+    assert "guard `miniworld-independent`" in text and "round 7, 9." in text
+    rows = (tmp_path / "miniworld_resolution_curve.csv").read_text().splitlines()
+    assert rows[0].endswith(",guard miniworld-independent (eval)")
+    assert float(rows[3].split(",")[-1]) == pytest.approx(0.15), "round 3's guard reading"
+    assert "guard" not in rep.write_results([_resolution(0, 0.5)], tmp_path / "plain").read_text()
+
+
 def test_sampler_switch_restores():
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 

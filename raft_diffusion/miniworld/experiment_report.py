@@ -160,6 +160,16 @@ def seed_lines(results: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _final_round(results: Sequence[dict[str, Any]]) -> str:
+    """The sentence saying which round's weights each run ended with (under a guard), or ''."""
+    guard = results[0].get("guard")
+    best = [r["history"][-1].get("best_round") for r in results if r.get("history")]
+    if not guard or not any(b is not None for b in best):
+        return ""
+    return (f" Each run ends with the weights of the round its guard `{guard}` (on the run's own eval prompts and "
+            f"seeds, not those of these tables) reads highest: round {', '.join(str(b) for b in best)}.")
+
+
 def write_results(results: Sequence[dict[str, Any]], folder: str | Path) -> Path:
     """Into ``folder``: ``miniworld_<name>.md`` (the per-seed summary, the first seed's full table, checks
     and sampler table), ``miniworld_<name>_curve.csv`` (the first seed's reward curve) and
@@ -176,7 +186,8 @@ def write_results(results: Sequence[dict[str, Any]], folder: str | Path) -> Path
             f"{result['prompts_per_round']} prompts x K={result['k']}, generating and training at {result['resolution']} px "
             f"(native {result['native_resolution']} px); evaluation: {result['per_prompt']} images per prompt from fixed "
             f"seeds; `raft.seed` {seeds}; wall time {wall} s on the CPU. Shape and colour are read by the independent "
-             "evaluator (a CNN trained only on renders; the headline) and by the miniworld CLIP."), "",
+             "evaluator (a CNN trained only on renders; the headline) and by the miniworld CLIP.")
+            + _final_round(results), "",
             "In-domain, after RAFT, per seed:", "", *seed_lines(results), "",
             f"Seed {result.get('seed', 0)} in full:", "", *summary_lines(result), "", *checks(result)]
     samplers = sampler_lines(result)
@@ -187,9 +198,11 @@ def write_results(results: Sequence[dict[str, Any]], folder: str | Path) -> Path
     (folder / f"miniworld_{name}.json").write_text(json.dumps(list(results), indent=1, default=str) + "\n")
     curve = folder / f"miniworld_{name}_curve.csv"
     keys = ["round", "reward_unbiased", "reward_mean", "reward_std", "reward_kept", "diversity", "train_loss", "time_round_s"]
+    guard = result.get("guard")
+    readings = {e["round"]: e.get(guard) for e in result.get("evals", [])} if guard else {}
     with open(curve, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(keys)
+        w.writerow(keys + ([f"guard {guard} (eval)"] if readings else []))
         for row in result["history"]:
-            w.writerow([row.get(k) for k in keys])
+            w.writerow([row.get(k) for k in keys] + ([readings.get(row["round"])] if readings else []))
     return md

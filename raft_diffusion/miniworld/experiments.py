@@ -146,6 +146,8 @@ def run_experiment(name: str, out_dir: str | Path, *, overrides: dict[str, Any] 
     if name == "aesthetic":
         result["samplers_after"] = under_samplers(loop.backend, splits["in_domain"], per_prompt, judges)
     result["history"] = history.rounds
+    result["evals"] = [{k: v for k, v in e.items() if not k.endswith("_per_prompt")} for e in history.evals]
+    result["guard"] = cfg.raft.early_stop
     result["wall_s"] = time.perf_counter() - t0
     result["run_dir"] = str(loop.run_dir)
     return result
