@@ -53,8 +53,13 @@ def test_guarded_runs_name_their_final_round_and_the_curve_has_the_guard(tmp_pat
         r["guard"] = "miniworld-independent"
         r["history"] = [{"round": i, "reward_unbiased": 0.1 * i, "best_round": min(i, best)} for i in range(1, 11)]
         r["evals"] = [{"round": i, "miniworld-independent": 0.05 * i} for i in range(0, 11)]
+    results[0]["last_round"] = {"in_domain": _split(0.3, 0.6), "out_of_domain": _split(0.2, 0.5)}
     text = rep.write_results(results, tmp_path).read_text()
     assert "guard `miniworld-independent`" in text and "round 7, 9." in text
+    table = rep.seed_lines(results)
+    assert table[0].endswith("| last round instead: shape / colour (independent) |")
+    assert table[2].endswith("| 30.0% / 60.0% |") and table[3].endswith("| 50.0% / 95.0% |"), "no last_round: the final"
+    assert table[4].endswith("| 40.0% / 77.5% |") and table[4].startswith("| mean | 50.0%")
     rows = (tmp_path / "miniworld_resolution_curve.csv").read_text().splitlines()
     assert rows[0].endswith(",guard miniworld-independent (eval)")
     assert float(rows[3].split(",")[-1]) == pytest.approx(0.15), "round 3's guard reading"

@@ -151,6 +151,17 @@ def seed_lines(results: Sequence[dict[str, Any]]) -> list[str]:
         def cells(v: list[float]) -> list[str]:
             return [f"{v[0]:+.2f}", f"{v[1]:+.2f}", f"{100 * v[2]:+.1f}%", f"{100 * v[3]:+.1f} points",
                     f"{100 * v[4]:+.1f} points", f"{v[5]:+.3f}"]
+    guarded = any("last_round" in r for r in results) and results[0]["experiment"] == "resolution"
+    if guarded:  # what the run's last round reads, had the guard not kept an earlier one
+        cols.append("last round instead: shape / colour (independent)")
+        inner_row, inner_cells = row, cells
+
+        def row(r: dict[str, Any]) -> list[float]:
+            last = r.get("last_round", r["after"])["in_domain"]
+            return inner_row(r) + [last["shape_acc"], last["colour_acc"]]
+
+        def cells(v: list[float]) -> list[str]:
+            return inner_cells(v[:-2]) + [f"{pct(v[-2])} / {pct(v[-1])}"]
     lines = ["| seed | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     rows = [row(r) for r in results]
     for r, v in zip(results, rows):
