@@ -10,7 +10,7 @@ import scorers
 from raft_diffusion.miniworld import evaluator, shape_reward, world
 
 
-@pytest.mark.parametrize("resolution,floor", [(32, 0.97), (16, 0.85)])
+@pytest.mark.parametrize("resolution,floor", [(32, 0.97), (16, 0.95)])
 @pytest.mark.parametrize("ood", [False, True])
 def test_reads_heldout_shapes(resolution, floor, ood):
     scenes = world.heldout_scenes(200, ood=ood)
@@ -20,6 +20,22 @@ def test_reads_heldout_shapes(resolution, floor, ood):
     read = shape_reward.read_shapes(images)
     acc = sum(r == s.objects[0].shape for r, s in zip(read, scenes)) / len(scenes)
     assert acc >= floor, acc
+
+
+def test_reads_shapes_through_the_vae_at_16_px():
+    """Decoded 16 px images are blurred: the blurred templates at several sizes still name the shape of
+    most renders passed through the committed VAE (sharp templates at one size by soft IoU: 48%)."""
+    from diffusers import AutoencoderKL
+
+    from raft_diffusion.miniworld import pipeline_path
+
+    scenes = world.heldout_scenes(200)
+    x = evaluator.downsample(world.render_batch(scenes), 16)
+    vae = AutoencoderKL.from_pretrained(pipeline_path() / "vae")
+    with torch.no_grad():
+        decoded = (vae.decode(vae.encode(x * 2 - 1).latent_dist.mean).sample / 2 + 0.5).clamp(0, 1)
+    read = shape_reward.read_shapes(decoded)
+    assert sum(r == s.objects[0].shape for r, s in zip(read, scenes)) / len(scenes) >= 0.6
 
 
 def test_foreground_of_plain_image_is_empty():

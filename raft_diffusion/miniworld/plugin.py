@@ -24,8 +24,9 @@ SCORERS = {
                              "CNN trained only on renders); in {0, 0.5, 1}",
     "miniworld-gold": "miniworld: the gold rating, the written-down rating rule applied to the independent "
                       "evaluator's reading of the image, 1-10 (an evaluator for aesthetic runs, not a reward)",
-    "miniworld-shape": "miniworld: hand-written shape reading (foreground mask against each shape's template, "
-                       "soft IoU): prompted shape's IoU minus the best other's, in [-1, 1]; nothing learned",
+    "miniworld-shape": "miniworld: hand-written shape reading (foreground mask against each shape's blurred "
+                       "template, correlation): half the prompted shape's fit minus the best other's, in [-1, 1]; "
+                       "nothing learned",
 }
 PROMPT_SETS = {
     "miniworld": "the miniworld's in-domain prompts ('a red circle', ...: 16 colour/shape pairs)",

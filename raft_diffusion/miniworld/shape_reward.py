@@ -6,10 +6,12 @@ This reward looks at the geometry instead, the way a detector or a segmenter wou
 1. the background is the median colour of the border pixels;
 2. the foreground is a soft mask, each pixel's colour distance from the background over
    :data:`FOREGROUND_DISTANCE`, clipped to [0, 1];
-3. for every shape of the world, its template (:func:`world.render`'s geometry) is drawn with the
-   mask's area and centroid, and compared with the mask by soft IoU (min / max);
-4. the margin is the prompted shape's IoU minus the best other shape's, above 0 when the prompted
-   shape fits best;
+3. for every shape of the world, its template (:func:`world.render`'s geometry) is drawn at the
+   mask's centroid with the mask's area times each of :data:`SCALES` (a blurred mask's area
+   overstates the object's), blurred as a decoded 16 px image is (:data:`BLUR_SIGMA`), and
+   compared with the mask by correlation; a shape's fit is its best over the scales;
+4. the margin is half the prompted shape's fit minus the best other shape's, above 0 when the
+   prompted shape fits best;
 5. an image with too little foreground to hold an object (under :data:`MIN_AREA` of the image, the
    smallest object the world draws) is scored toward -1, so drawing nothing never beats drawing:
    reward = presence * margin - (1 - presence), presence = min(1, area / MIN_AREA), the area
@@ -33,6 +35,12 @@ from raft_diffusion.miniworld import world
 FOREGROUND_DISTANCE = 0.25
 """Colour distance (RGB, Euclidean) from the background at which a pixel counts fully as foreground."""
 SUPERSAMPLE = 4
+SCALES = (0.7, 0.85, 1.0)
+"""Template sizes, as fractions of the side that matches the mask's area."""
+BLUR_SIGMA = 0.8
+"""Gaussian blur (pixels) applied to the templates: about the VAE's at 16 px. With it and
+:data:`SCALES` the best fit names the shape of 16 px renders passed through the miniworld VAE 68% of
+the time (48% for sharp templates at one scale and soft IoU); clean 16 px renders 98%."""
 MIN_AREA = 0.03
 """Foreground area, as a fraction of the image, of the smallest object the world draws (3.5% at 16 px)."""
 
@@ -56,8 +64,9 @@ def foreground(images: torch.Tensor) -> torch.Tensor:
     return ((x - background).norm(dim=1) / FOREGROUND_DISTANCE).clamp(0, 1)
 
 
-def templates(mask: torch.Tensor) -> torch.Tensor:
-    """Each shape's template (N, S, H, W) in [0, 1], drawn with the mask's area and centroid."""
+def templates(mask: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Each shape's template (N, S, H, W) in [0, 1], drawn at the mask's centroid with ``scale``
+    times the side that gives the mask's area."""
     h, w = mask.shape[1:]
     area = mask.sum((1, 2)).clamp_min(1.0)  # pixels
     ys = (torch.arange(h, dtype=torch.float32) + 0.5)
@@ -69,7 +78,7 @@ def templates(mask: torch.Tensor) -> torch.Tensor:
     out = []
     for shape in world.SHAPES:
         unit_area, du, dv = _unit_template(shape)
-        r = (area / unit_area).sqrt()[:, None, None]
+        r = scale * (area / unit_area).sqrt()[:, None, None]
         u = (fine_x[None, None, :] - cx[:, None, None]) / r + du
         v = (fine_y[None, :, None] - cy[:, None, None]) / r + dv
         m = world._shape_mask(shape, u, v).float()
@@ -77,13 +86,31 @@ def templates(mask: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=1)
 
 
+def blur(maps: torch.Tensor, sigma: float = BLUR_SIGMA) -> torch.Tensor:
+    """Separable Gaussian blur of maps (N, S, H, W), edges replicated."""
+    k = torch.arange(-3, 4, dtype=torch.float32)
+    g = torch.exp(-(k**2) / (2 * sigma**2))
+    g = g / g.sum()
+    n, s, h, w = maps.shape
+    x = maps.reshape(n * s, 1, h, w)
+    x = F.conv2d(F.pad(x, (3, 3, 0, 0), mode="replicate"), g.view(1, 1, 1, 7))
+    x = F.conv2d(F.pad(x, (0, 0, 3, 3), mode="replicate"), g.view(1, 1, 7, 1))
+    return x.reshape(n, s, h, w)
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation over the last two dimensions."""
+    a = a - a.mean((-2, -1), keepdim=True)
+    b = b - b.mean((-2, -1), keepdim=True)
+    return (a * b).sum((-2, -1)) / (a.norm(dim=(-2, -1)) * b.norm(dim=(-2, -1))).clamp_min(1e-6)
+
+
 def shape_fits(images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Soft IoU (N, S) of each image's foreground (``mask``, default :func:`foreground`) with each
-    shape's template (order :data:`world.SHAPES`)."""
+    """Fit (N, S) in [-1, 1] of each image's foreground (``mask``, default :func:`foreground`) with
+    each shape's blurred template, the best over :data:`SCALES` (order :data:`world.SHAPES`)."""
     mask = foreground(images) if mask is None else mask
-    t = templates(mask)
-    m = mask[:, None]
-    return torch.minimum(t, m).sum((2, 3)) / torch.maximum(t, m).sum((2, 3)).clamp_min(1e-6)
+    fits = [_correlation(blur(templates(mask, scale)), mask[:, None]) for scale in SCALES]
+    return torch.stack(fits).amax(0)
 
 
 def read_shapes(images: torch.Tensor) -> list[str]:
@@ -92,7 +119,7 @@ def read_shapes(images: torch.Tensor) -> list[str]:
 
 
 class ShapeScorer:
-    """``miniworld-shape``: IoU of the prompted shape's template minus the best other shape's, toward -1
+    """``miniworld-shape``: half the prompted shape's template fit minus the best other shape's, toward -1
     when the image holds too little foreground (module docstring), (N,) in [-1, 1]. A prompt naming
     no shape scores 0."""
 
@@ -114,7 +141,7 @@ class ShapeScorer:
                 continue
             j = world.SHAPES.index(shape)
             others = torch.cat([fits[i, :j], fits[i, j + 1 :]])
-            out[i] = presence[i] * (fits[i, j] - others.max()) - (1 - presence[i])
+            out[i] = presence[i] * (fits[i, j] - others.max()) / 2 - (1 - presence[i])
         return out
 
 
