@@ -152,3 +152,18 @@ def test_decoder_finetune_keeps_the_latent_space(tmp_path):
         d0, d1 = before.decode(z0).sample, after.decode(z0).sample
     assert torch.equal(z0, z1) and after.config.scaling_factor == before.config.scaling_factor
     assert not torch.allclose(d0, d1)
+
+
+@pytest.mark.parametrize("blocks,side", [(3, 8), (2, 16)])
+def test_vae_blocks_set_the_latent_room(tmp_path, blocks, side):
+    """``blocks`` sets the downsampling: 32 px renders become side x side x 4 latents."""
+    from diffusers import AutoencoderKL
+
+    from raft_diffusion.miniworld import world
+    from raft_diffusion.miniworld.train_vae import train_vae
+
+    train_vae(tmp_path, steps=1, quick=True, blocks=blocks)
+    vae = AutoencoderKL.from_pretrained(tmp_path / "vae")
+    with torch.no_grad():
+        z = vae.encode(world.render_batch(world.heldout_scenes(1)) * 2 - 1).latent_dist.mean
+    assert tuple(z.shape) == (1, 4, side, side)
