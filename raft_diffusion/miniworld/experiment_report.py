@@ -151,23 +151,24 @@ def seed_lines(results: Sequence[dict[str, Any]]) -> list[str]:
         def cells(v: list[float]) -> list[str]:
             return [f"{v[0]:+.2f}", f"{v[1]:+.2f}", f"{100 * v[2]:+.1f}%", f"{100 * v[3]:+.1f} points",
                     f"{100 * v[4]:+.1f} points", f"{v[5]:+.3f}"]
-    guarded = any("last_round" in r for r in results) and results[0]["experiment"] == "resolution"
-    if guarded:  # what the run's last round reads, had the guard not kept an earlier one
+    # under a guard that kept an earlier round: what the run's last round reads instead
+    guarded = results[0]["experiment"] == "resolution" and any("last_round" in r for r in results)
+    if guarded:
         cols.append("last round instead: shape / colour (independent)")
-        inner_row, inner_cells = row, cells
 
-        def row(r: dict[str, Any]) -> list[float]:
-            last = r.get("last_round", r["after"])["in_domain"]
-            return inner_row(r) + [last["shape_acc"], last["colour_acc"]]
+    def full_row(r: dict[str, Any]) -> list[float]:
+        last = r.get("last_round", r["after"])["in_domain"]
+        return row(r) + ([last["shape_acc"], last["colour_acc"]] if guarded else [])
 
-        def cells(v: list[float]) -> list[str]:
-            return inner_cells(v[:-2]) + [f"{pct(v[-2])} / {pct(v[-1])}"]
+    def full_cells(v: list[float]) -> list[str]:
+        return cells(v[:-2]) + [f"{pct(v[-2])} / {pct(v[-1])}"] if guarded else cells(v)
+
     lines = ["| seed | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    rows = [row(r) for r in results]
+    rows = [full_row(r) for r in results]
     for r, v in zip(results, rows):
-        lines.append(f"| {r.get('seed', 0)} | " + " | ".join(cells(v)) + " |")
+        lines.append(f"| {r.get('seed', 0)} | " + " | ".join(full_cells(v)) + " |")
     if len(rows) > 1:
-        lines.append("| mean | " + " | ".join(cells([statistics.fmean(c) for c in zip(*rows)])) + " |")
+        lines.append("| mean | " + " | ".join(full_cells([statistics.fmean(c) for c in zip(*rows)])) + " |")
     return lines
 
 
