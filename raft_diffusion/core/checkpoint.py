@@ -37,12 +37,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def checkpoint_dir(ckpt_root: Path, round_index: int) -> Path:
+    """The folder of checkpoint ``round_index``: ``round-0003``."""
+    return Path(ckpt_root) / f"round-{round_index:04d}"
+
+
 def save_checkpoint(ckpt_root: Path, round_index: int, state: dict[str, Any], loop_state: dict[str, Any], keep: int | None = None,
                     protect: int | None = None) -> Path:
     """Write checkpoint ``round_index`` atomically and prune to the newest ``keep`` (None keeps all),
     sparing round ``protect`` (the best round, whose weights the run ends with)."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    final = ckpt_root / f"round-{round_index:04d}"
+    final = checkpoint_dir(ckpt_root, round_index)
     tmp = ckpt_root / f".round-{round_index:04d}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -58,7 +63,7 @@ def save_checkpoint(ckpt_root: Path, round_index: int, state: dict[str, Any], lo
     _fsync_dir(ckpt_root)
     if keep is not None:
         for old in list_checkpoints(ckpt_root)[:-keep]:
-            if protect is None or old.name != f"round-{protect:04d}":
+            if protect is None or old != checkpoint_dir(ckpt_root, protect):
                 shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -86,8 +91,10 @@ def best_to_restore(ckpt_root: Path, rows: list[dict[str, Any]]) -> Path | None:
     """The checkpoint of the run's best round (``best_round`` of the last metrics row) when that is
     not the last round and its checkpoint is there (pruning spares it), else None."""
     best = rows[-1].get("best_round") if rows else None
-    path = ckpt_root / f"round-{best or 0:04d}"
-    return path if best is not None and best != rows[-1]["round"] and (path / "state.pt").is_file() else None
+    if best is None or best == rows[-1]["round"]:
+        return None
+    path = checkpoint_dir(ckpt_root, best)
+    return path if (path / "state.pt").is_file() else None
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:

@@ -147,9 +147,9 @@ def run_experiment(name: str, out_dir: str | Path, *, overrides: dict[str, Any] 
         result["samplers_after"] = under_samplers(loop.backend, splits["in_domain"], per_prompt, judges)
     last = history.rounds[-1]["round"] if history.rounds else 0
     if history.rounds and history.rounds[-1].get("best_round") not in (None, last):  # what the guard saved us from
-        from raft_diffusion.core.checkpoint import load_checkpoint
+        from raft_diffusion.core.checkpoint import checkpoint_dir, load_checkpoint
 
-        loop.backend.load_state_dict(load_checkpoint(loop.run_dir / "checkpoints" / f"round-{last:04d}")[0])
+        loop.backend.load_state_dict(load_checkpoint(checkpoint_dir(loop.run_dir / "checkpoints", last))[0])
         result["last_round"] = {s: evaluate(loop.backend, p, per_prompt, judges) for s, p in splits.items()}
     result["history"] = history.rounds
     result["evals"] = [{k: v for k, v in e.items() if not k.endswith("_per_prompt")} for e in history.evals]
