@@ -144,3 +144,14 @@ def test_diverging_names_held_out_scorers_that_fall_while_the_reward_rises():
     assert diverging(evals, "r", ["clip", "other"]) == ["clip"]
     assert diverging([evals[0], {**evals[1], "r": 0.9}], "r", ["clip"]) == [], "the reward fell too: no gaming"
     assert diverging(evals[:1], "r", ["clip"]) == [] and diverging(evals, "r", []) == []
+
+
+def test_diverging_reads_a_multi_rewards_parts():
+    from raft_diffusion.core.early_stop import diverging
+
+    evals = [{"round": 0, "multi": 0.0, "multi/clip": 50.0, "multi/shape": 0.1, "judge": 0.5},
+             {"round": 2, "multi": 0.0, "multi/clip": 60.0, "multi/shape": 0.0, "judge": 0.3}]
+    assert diverging(evals, "multi", ["judge"]) == ["judge"], "a part rose while the judge fell"
+    flat = [{**e, "multi/clip": 50.0} for e in evals]
+    assert diverging(flat, "multi", ["judge"]) == [], "no reading of the reward rose"
+    assert diverging(evals, "multi2", ["judge"]) == [], "another reward's parts are not this one's"

@@ -171,3 +171,31 @@ def test_full_disk_names_round_and_previous_checkpoint_resumes(tmp_path, monkeyp
     again, _ = make_loop(tmp_path)
     assert again.resume("latest") and again.next_round == 2
     assert len(again.run().rounds) == 4
+
+
+def test_a_multi_rewards_parts_are_read_at_eval_and_signal_divergence(tmp_path, caplog):
+    """A z-scored multi reward reads 0 at every eval; its raw parts rise as RAFT pushes the sum up,
+    so a held-out scorer that falls meanwhile is named in the round row."""
+    from scorers.multi import MultiScorer
+
+    def neg_first(outputs, prompts, metadata):  # held out: falls as the mean vector rises
+        return -outputs[:, 0]
+
+    backend = VectorBackend()
+    stream = prompts.PromptStream(PROMPTS, 3, seed=1)
+    settings = LoopSettings(rounds=3, k=4, prompts_per_round=3, seed=5, keep_checkpoints=None, eval_every=1)
+    multi = MultiScorer([(sum_reward, 1.0)], normalize="zscore")
+    loop = RaftLoop(backend, multi, stream, settings, tmp_path, scorer_name="multi", eval_prompts=PROMPTS[:2],
+                    eval_scorers={"neg_first": neg_first})
+    with caplog.at_level("INFO", logger="raft_diffusion"):
+        history = loop.run()
+    first, last = history.evals[0], history.evals[-1]
+    assert first["multi"] == last["multi"] == 0.0, "one eval sample per prompt: the z-scored sum is 0"
+    assert last["multi/component0"] > first["multi/component0"]
+    assert last["neg_first"] < first["neg_first"]
+    assert history.rounds[-1]["diverging"] == ["neg_first"]
+    assert History.load(tmp_path).rounds[-1]["diverging"] == ["neg_first"], "metrics.jsonl says so too"
+    assert "may be gamed" in caplog.text and "neg_first" in caplog.text and "| component0 " in caplog.text
+    parts = [row["reward_parts"]["component0"] for row in history.rounds]
+    assert all(p["kept"] > p["mean"] for p in parts), "the kept samples have the larger raw sums"
+    assert parts[-1]["mean"] > parts[0]["mean"], "the raw part rises round on round"

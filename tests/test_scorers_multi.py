@@ -98,3 +98,16 @@ def test_built_from_registry_names():
     assert parse_components("jpeg-compressibility:0.5,mod:fn") == [("jpeg-compressibility", 0.5, {}), ("mod:fn", 1.0, {})]
     with pytest.raises(ScorerError, match="normalize"):
         scorers.build("multi", scorers="jpeg-compressibility", normalize="softmax")
+
+
+def test_component_scores_finds_a_multi_inside_wrappers():
+    from scorers.common import ValidatedScorer
+    from scorers.multi import component_scores
+
+    outputs, prompts, metadata = batch(2, 2)
+    m = MultiScorer([(Fixed([1, 2, 3, 4], name="a"), 1.0), (Fixed([0, 1, 0, 1], name="b"), 1.0)])
+    wrapped = ValidatedScorer(m, "multi")
+    assert component_scores(wrapped) == {}, "nothing scored yet"
+    wrapped(outputs, prompts, metadata)
+    assert component_scores(wrapped) == {"a": [1.0, 2.0, 3.0, 4.0], "b": [0.0, 1.0, 0.0, 1.0]}
+    assert component_scores(Fixed([1, 2, 3, 4])) == {}, "not a multi reward"

@@ -80,13 +80,19 @@ def decide(evals: Sequence[dict[str, Any]], rounds: Sequence[dict[str, Any]], gu
 
 def diverging(evals: Sequence[dict[str, Any]], reward: str, held_out: Sequence[str]) -> list[str]:
     """The held-out scorers that read lower at the latest eval round than before training (round 0)
-    while the reward reads higher: the reward is being gamed rather than the task learned."""
+    while the reward, or one of its parts (``"<reward>/<part>"``, a multi reward's), reads higher:
+    the reward is being gamed rather than the task learned."""
     if len(evals) < 2 or evals[0].get("round") != 0:
         return []
     first, last = evals[0], evals[-1]
-    if not (_finite(first.get(reward)) and _finite(last.get(reward)) and last[reward] > first[reward]):
+
+    def change(key: str) -> float:
+        before, after = first.get(key), last.get(key)
+        return after - before if _finite(before) and _finite(after) else 0.0
+
+    if not any(change(key) > 0 for key in last if key == reward or key.startswith(f"{reward}/")):
         return []
-    return [n for n in held_out if n != reward and _finite(first.get(n)) and _finite(last.get(n)) and last[n] < first[n]]
+    return [n for n in held_out if n != reward and change(n) < 0]
 
 
 def promote_best(run_dir: Path) -> bool:

@@ -17,7 +17,6 @@ processes: with one, every collective is the identity.
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from raft_diffusion.core import checkpoint, distributed, early_stop, faults, rng
 from raft_diffusion.core.backend import Backend, Samples
 from raft_diffusion.core.distributed import Distributed, TrainShard
 from raft_diffusion.core.ranking import Selection, group_ids, select
-from raft_diffusion.core.records import History, reward_summary
+from raft_diffusion.core.records import History, eval_readings, part_summary, reward_summary
 from raft_diffusion.core.stages import (
     assemble_samples,
     debug_dump,
@@ -39,6 +38,7 @@ from raft_diffusion.core.stages import (
     write_samples_table,
 )
 from raft_diffusion.errors import ConfigError, RunError
+from scorers.multi import component_scores
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +230,10 @@ class RaftLoop:
                 protect=decision.best_round), main_only=True)
             self._synced(r, "writing metrics", lambda: self.history.write(self.run_dir), main_only=True)
             if self.dist.is_main:
+                parts = "".join(f" | {label} {p['mean']:.4f} (kept {p['kept']:.4f})" for label, p in row.get("reward_parts", {}).items())
                 log.info(
-                    "round %d/%d: reward %.4f (unbiased) | kept %.4f | mean %.4f | %.1fs",
-                    r, s.rounds, row["reward_unbiased"], row["reward_kept"], row["reward_mean"], row["time_round_s"],
+                    "round %d/%d: reward %.4f (unbiased) | kept %.4f | mean %.4f%s | %.1fs",
+                    r, s.rounds, row["reward_unbiased"], row["reward_kept"], row["reward_mean"], parts, row["time_round_s"],
                 )
                 if falling:
                     log.warning("round %d: the eval reward rose since round 0 while held-out %s fell: the reward may be "
@@ -304,12 +305,15 @@ class RaftLoop:
         t_gen = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        rewards_local = self._synced(r, f"scoring with {self.scorer_name!r}", lambda: self.score(samples))
+        rewards_local, reward_parts_local = self._synced(
+            r, f"scoring with {self.scorer_name!r}", lambda: (self.score(samples), component_scores(self.scorer)))
         t_score = time.perf_counter() - t0
 
         sel_local, mask_local = self._synced(r, "ranking", lambda: self.ranking_inputs(samples, rewards_local))
-        parts = self._gather(r, "gathering rewards", (rewards_local, sel_local, mask_local, list(samples.ids)))
+        parts = self._gather(r, "gathering rewards",
+                             (rewards_local, sel_local, mask_local, list(samples.ids), reward_parts_local))
         rewards = [x for p in parts for x in p[0]]
+        reward_parts = {label: [x for p in parts for x in p[4][label]] for label in parts[0][4]}
         sel_rewards = [x for p in parts for x in p[1]]
         mask = None if all(p[2] is None for p in parts) else [x for p in parts for x in p[2]]
         gathered_ids = [x for p in parts for x in p[3]]
@@ -345,6 +349,7 @@ class RaftLoop:
         extra = self._synced(r, "writing artifacts", write_round, main_only=True)
         extra = self._gather(r, "sharing artifact metrics", extra)[0] or {}
 
+        extra = {**extra, "reward_parts": part_summary(reward_parts, selection.kept)} if reward_parts else extra
         row = self._row(r, view, rewards, selection, train_stats, extra, (t_gen, t_score, t_train), t_round)
         if d.enabled:
             row["n_processes"] = d.world_size
@@ -353,7 +358,7 @@ class RaftLoop:
     # ----------------------------------------------------------------- eval
     def evaluate(self, round_index: int, what: str = "evaluation") -> dict[str, Any] | None:
         """Score the eval prompts with fixed seeds (paired across rounds; sharded over the processes,
-        the same row everywhere); None when not configured."""
+        the same row everywhere; a multi reward's raw parts as ``"<name>/<part>"``); None when not configured."""
         if not self.eval_prompts:
             return None
         r = round_index
@@ -364,19 +369,16 @@ class RaftLoop:
         def local() -> tuple[Samples | None, dict[str, list[float]]]:
             samples, _ = self._local_samples(
                 self.eval_prompts, k, lambda i: rng.sample_seed(self.settings.seed + 7919, 0, i), lambda i: f"eval-p{i // k}-k{i % k}")
-            values = {name: (self.score(samples, scorer, name) if samples is not None else []) for name, scorer in scorers.items()}
+            values: dict[str, list[float]] = {}
+            for name, scorer in scorers.items() if samples is not None else ():  # a process may have no prompt
+                values[name] = self.score(samples, scorer, name)
+                values.update({f"{name}/{part}": v for part, v in component_scores(scorer).items()})  # a multi's parts
             return samples, values
 
         samples, values_local = self._synced(r, what, local)
         parts = self._gather(r, what, values_local)
-        row: dict[str, Any] = {"round": round_index}
-        sample_scores: dict[str, list[float]] = {}
-        for name in scorers:
-            values = sample_scores[name] = [x for p in parts for x in p[name]]
-            row[name] = statistics.fmean(values)
-            row[f"{name}_per_prompt"] = {
-                p.text: statistics.fmean(values[j * k:(j + 1) * k]) for j, p in enumerate(self.eval_prompts)
-            }
+        readings, sample_scores = eval_readings(parts, list(scorers), [p.text for p in self.eval_prompts], k)
+        row: dict[str, Any] = {"round": round_index, **readings}
         row["seconds"] = time.perf_counter() - t0
         if hasattr(self.backend, "eval_metrics") or hasattr(self.backend, "write_eval_artifacts"):
             collected = self._gather(r, what, self._for_main(samples), to_main=True)

@@ -43,6 +43,32 @@ def reward_summary(
     }
 
 
+def part_summary(parts: dict[str, Sequence[float]], kept: Sequence[int]) -> dict[str, dict[str, float]]:
+    """Each part of a multi reward (raw values, N per part): its mean over the finite samples and over
+    the kept ones, ``{label: {"mean": float, "kept": float}}`` (NaN where none is finite)."""
+
+    def mean(values: Sequence[float]) -> float:
+        finite = [float(v) for v in values if math.isfinite(float(v))]
+        return statistics.fmean(finite) if finite else float("nan")
+
+    return {label: {"mean": mean(v), "kept": mean([v[i] for i in kept])} for label, v in parts.items()}
+
+
+def eval_readings(parts: Sequence[dict[str, list[float]]], scorers: Sequence[str], texts: Sequence[str], k: int
+                  ) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """An eval row's readings from every process's scores (``{key: floats}`` each, the processes in
+    the global sample order; keys are the ``scorers`` and a multi reward's ``"<name>/<part>"``): the
+    mean of each key and each scorer's mean per prompt (``texts``, ``k`` samples each, as
+    ``"<name>_per_prompt"``); and each scorer's scores over all samples."""
+    merged = {key: [x for p in parts for x in p.get(key, [])] for key in dict.fromkeys(key for p in parts for key in p)}
+    readings: dict[str, Any] = {key: statistics.fmean(values) for key, values in merged.items()}
+    for name in scorers:
+        readings[f"{name}_per_prompt"] = {
+            text: statistics.fmean(merged[name][j * k:(j + 1) * k]) for j, text in enumerate(texts)
+        }
+    return readings, {name: merged[name] for name in scorers}
+
+
 def _clean(value: Any) -> Any:
     """JSON-safe copy: NaN/inf become None."""
     if isinstance(value, float) and not math.isfinite(value):
