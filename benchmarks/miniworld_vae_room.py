@@ -1,10 +1,11 @@
 """How much latent room a 16 px shape needs: trains a miniworld VAE with ``--blocks`` encoder/decoder
-blocks (3, the committed one: 4x downsampling, 4x4x4 latents at 16 px; 2: 2x, 8x8x4) on the world's
+blocks (3, the committed one: 4x downsampling, 4x4x4 latents at 16 px; 2: 2x, 8x8x4) and
+``--latent-channels`` (4, the committed one; 16: 4x4x16 at 16 px, as SD3 and FLUX) on the world's
 renders, with its decoder fine-tuned at 32 and 16 px as the build does, and prints the round trip of
 held-out renders at 16 and 32 px (shape and colour named right by the independent evaluator and the
 miniworld CLIP) beside the committed VAE's.
 
-    python benchmarks/miniworld_vae_room.py --blocks 2 [--seconds 900] [--out /tmp/vae-room]
+    python benchmarks/miniworld_vae_room.py --blocks 2 [--latent-channels 4] [--seconds 900] [--out /tmp/vae-room]
 
 A reference for the resolution experiment: a decoded image cannot show much more shape than this
 round trip does, and the committed VAE's 16 px round trip is below 90% of the shape drop.
@@ -29,14 +30,17 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--blocks", type=int, default=2, help="encoder/decoder blocks (downsampling 2 ** (blocks - 1))")
+    ap.add_argument("--latent-channels", type=int, default=4, help="latent channels (the committed VAE: 4)")
     ap.add_argument("--seconds", type=float, default=900, help="wall-time budget of each of the two trainings")
     ap.add_argument("--out", default="/tmp/vae-room", help="where the trained VAE goes")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    trained = train_vae(args.out, steps=2500, max_seconds=args.seconds, blocks=args.blocks)
+    trained = train_vae(args.out, steps=2500, max_seconds=args.seconds, blocks=args.blocks,
+                        latent_channels=args.latent_channels)
     tuned = finetune_decoder(trained["path"], f"{args.out}/tuned", steps=3000, max_seconds=args.seconds)
     figures = {"trained": trained, "decoder": tuned}
-    for name, path in (("committed", pipeline_path() / "vae"), (f"{args.blocks} blocks", tuned["path"])):
+    trial = f"{args.blocks} blocks, {args.latent_channels} channels"
+    for name, path in (("committed", pipeline_path() / "vae"), (trial, tuned["path"])):
         vae = AutoencoderKL.from_pretrained(path)
         figures[name] = {size: vae_round_trip(vae, size) for size in (16, 32)}
         for size, r in figures[name].items():

@@ -154,16 +154,17 @@ def test_decoder_finetune_keeps_the_latent_space(tmp_path):
     assert not torch.allclose(d0, d1)
 
 
-@pytest.mark.parametrize("blocks,side", [(3, 8), (2, 16)])
-def test_vae_blocks_set_the_latent_room(tmp_path, blocks, side):
-    """``blocks`` sets the downsampling: 32 px renders become side x side x 4 latents."""
+@pytest.mark.parametrize("blocks,channels,side", [(3, 4, 8), (2, 4, 16), (3, 16, 8)])
+def test_vae_blocks_set_the_latent_room(tmp_path, blocks, channels, side):
+    """``blocks`` sets the downsampling, ``latent_channels`` the depth: 32 px renders become
+    channels x side x side latents."""
     from diffusers import AutoencoderKL
 
     from raft_diffusion.miniworld import world
     from raft_diffusion.miniworld.train_vae import train_vae
 
-    train_vae(tmp_path, steps=1, quick=True, blocks=blocks)
+    train_vae(tmp_path, steps=1, quick=True, blocks=blocks, latent_channels=channels)
     vae = AutoencoderKL.from_pretrained(tmp_path / "vae")
     with torch.no_grad():
         z = vae.encode(world.render_batch(world.heldout_scenes(1)) * 2 - 1).latent_dist.mean
-    assert tuple(z.shape) == (1, 4, side, side)
+    assert tuple(z.shape) == (1, channels, side, side)

@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 KL_WEIGHT = 1e-6
 
 
-def make_vae(quick: bool = False, blocks: int = 3):
-    """The miniworld VAE: ``blocks`` encoder/decoder blocks, a 2 ** (blocks - 1) downsampling (the
-    committed one: 3 blocks, 4x)."""
+def make_vae(quick: bool = False, blocks: int = 3, latent_channels: int = 4):
+    """The miniworld VAE: ``blocks`` encoder/decoder blocks, a 2 ** (blocks - 1) downsampling, and
+    ``latent_channels`` (the committed one: 3 blocks, 4x, 4 channels, as SD 1.x; SD3 and FLUX use 16)."""
     from diffusers import AutoencoderKL
 
     ch = ((8, 16, 16) if quick else (16, 32, 64))[:blocks]
@@ -40,7 +40,7 @@ def make_vae(quick: bool = False, blocks: int = 3):
         up_block_types=("UpDecoderBlock2D",) * blocks,
         block_out_channels=ch,
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         sample_size=world.NATIVE_RESOLUTION,
     )
@@ -70,14 +70,14 @@ def psnr(vae, images: torch.Tensor, batch: int = 256) -> float:
 
 
 def train_vae(out: str | Path, *, seed: int = 0, steps: int = 3000, batch_size: int = 32, lr: float = 1e-3,
-              quick: bool = False, max_seconds: float | None = None, blocks: int = 3) -> dict:
+              quick: bool = False, max_seconds: float | None = None, blocks: int = 3, latent_channels: int = 4) -> dict:
     """Train and save; returns {"steps", "wall_s", "scaling_factor", "path"}. ``max_seconds``: stop
     early at this wall time (the learning-rate schedule follows whichever of steps and time runs out
-    first); ``blocks``: see :func:`make_vae`."""
+    first); ``blocks``, ``latent_channels``: see :func:`make_vae`."""
     t0 = time.time()
     vae_dir = Path(out) / "vae"
     common.seed_all(seed)
-    vae = make_vae(quick, blocks)
+    vae = make_vae(quick, blocks, latent_channels)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     warm = max(1, steps // 50)
     progress = common.Progress(steps, max_seconds)
