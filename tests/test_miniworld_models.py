@@ -82,11 +82,39 @@ def test_build_quick_cli(tmp_path):
     assert "independent evaluator / miniworld CLIP" in (out / "FIGURES.md").read_text()
 
 
-def test_bad_input_is_one_line_error(tmp_path):
+def test_build_a_new_latent_space_reusing_the_pixel_models(tmp_path):
+    """``--reuse clip,aesthetic`` copies the committed pixel-space models and trains only the VAE
+    (here with 8 latent channels) and a UNet that fits it; the pipeline generates and is evaluated."""
+    from raft_diffusion.cli import main
+
+    out = tmp_path / "mw"
+    assert main(["miniworld", "build", "--quick", "--out", str(out), "--latent-channels", "8",
+                 "--reuse", "clip,aesthetic"]) == 0
+    committed = miniworld.assets_dir()
+    for name in ("clip/model.safetensors", "aesthetic/head.safetensors"):
+        assert (out / name).read_bytes() == (committed / name).read_bytes(), name
+    figs = json.loads((out / "figures.json").read_text())
+    assert set(figs["train"]) == {"clip", "vae", "vae_decoder", "unet_stage1", "unet_stage2", "aesthetic"}
+    assert figs["train"]["clip"]["reused_from"] == str(committed) and figs["train"]["aesthetic"]["steps"] == 0
+    vae_cfg = json.loads((out / "pipeline" / "vae" / "config.json").read_text())
+    unet_cfg = json.loads((out / "pipeline" / "unet" / "config.json").read_text())
+    assert vae_cfg["latent_channels"] == unet_cfg["in_channels"] == unet_cfg["out_channels"] == 8
+    assert "in_domain@16" in figs["figures"]["generation"]
+
+
+def test_bad_input_is_one_line_error(tmp_path, capsys):
     from raft_diffusion.cli import main
 
     assert main(["miniworld", "evaluate", "--assets", str(tmp_path)]) == 2
     assert main(["miniworld", "build", "--quick", "--out", str(tmp_path), "--seed", "-1"]) == 2
+    assert main(["miniworld", "build", "--quick", "--out", str(tmp_path), "--latent-channels", "0"]) == 2
+    assert "--latent-channels must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["miniworld", "build", "--quick", "--out", str(tmp_path), "--reuse", "clip,unet"]) == 2
+    assert "cannot reuse unet; reusable models: clip, aesthetic" in capsys.readouterr().err
+    assert main(["miniworld", "build", "--quick", "--out", str(tmp_path / "b"), "--reuse", "clip",
+                 "--reuse-from", str(tmp_path)]) == 2
+    assert "has no clip to reuse" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists(), "refused before anything is written"
 
 
 @pytest.mark.parametrize("name", ["in_domain_prompts", "out_of_domain_prompts"])

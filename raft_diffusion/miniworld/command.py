@@ -7,6 +7,7 @@ A plugin command: :mod:`raft_diffusion.miniworld.plugin` registers it with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -28,6 +29,13 @@ def register(subparsers: Any) -> None:
     b.add_argument("--quick", action="store_true", help="tiny models and a few steps: a smoke test in seconds")
     b.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--vae-blocks", type=int, default=3,
+                   help="VAE encoder/decoder blocks: downsampling 2 ** (blocks - 1) (default 3: 4x, the committed)")
+    b.add_argument("--latent-channels", type=int, default=4, help="VAE latent channels (default 4, the committed)")
+    b.add_argument("--reuse", default="",
+                   help="models copied from --reuse-from instead of trained, comma-separated: clip, aesthetic "
+                        "(they read pixels, so a new latent space needs only the VAE and UNet trained)")
+    b.add_argument("--reuse-from", default=None, help="miniworld assets folder to reuse from (default: the committed one)")
     e = sub.add_parser("evaluate", help="print the figures of a miniworld assets folder")
     e.add_argument("--assets", default=None, help="assets folder (default: the committed one)")
     e.add_argument("--recompute", action="store_true", help="measure again instead of reading figures.json")
@@ -51,15 +59,22 @@ def run(args: argparse.Namespace) -> int:
     if action == "build":
         import torch
 
-        from raft_diffusion.miniworld.build import build
+        from raft_diffusion.miniworld.build import BuildSettings, build
         from raft_diffusion.miniworld.figures import write_markdown
 
         if args.threads is not None:
             if args.threads < 1:
                 raise ConfigError(f"--threads must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
+        for flag, value in (("--vae-blocks", args.vae_blocks), ("--latent-channels", args.latent_channels)):
+            if value < 1:
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
         out = Path(args.out) if args.out else assets_dir()
-        figures = build(out, seed=args.seed, quick=args.quick, evaluate=not args.no_eval)
+        base = BuildSettings.quick() if args.quick else BuildSettings()
+        settings = dataclasses.replace(
+            base, vae_blocks=args.vae_blocks, vae_latent_channels=args.latent_channels,
+            reuse=tuple(x.strip() for x in args.reuse.split(",") if x.strip()), reuse_from=args.reuse_from)
+        figures = build(out, seed=args.seed, quick=args.quick, settings=settings, evaluate=not args.no_eval)
         write_markdown(out, figures)
         print(json.dumps(figures.get("figures", {}), indent=2))
         print(f"train wall time {figures['train_wall_s']} s, total {figures['total_wall_s']} s; assets in {out}")

@@ -28,13 +28,15 @@ BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", 
 CAPTION_DROPOUT = 0.1
 
 
-def make_unet(cross_attention_dim: int, quick: bool = False, addition_embed: bool = True):
+def make_unet(cross_attention_dim: int, quick: bool = False, addition_embed: bool = True, latent_channels: int = 4,
+              downsampling: int = 4):
+    """The miniworld UNet for a VAE with ``latent_channels`` and ``downsampling`` (the committed: 4, 4x)."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=world.NATIVE_RESOLUTION // 4,
-        in_channels=4,
-        out_channels=4,
+        sample_size=world.NATIVE_RESOLUTION // downsampling,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         layers_per_block=1,
         block_out_channels=(8, 16, 16) if quick else (32, 64, 64),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
@@ -127,7 +129,8 @@ def train_unet(out: str | Path, *, seed: int = 0, steps: int = 20000, batch_size
     sf = vae.config.scaling_factor
     means, stds, scenes = encode_dataset(vae, n_data, seed + 4)
     log.info("unet: encoded %d latents in %.1f s", n_data, time.time() - t0)
-    unet = make_unet(text_encoder.config.hidden_size, quick, addition_embed)
+    unet = make_unet(text_encoder.config.hidden_size, quick, addition_embed, vae.config.latent_channels,
+                     2 ** (len(vae.config.block_out_channels) - 1))
     if init_from is not None:  # continue from a saved pipeline's UNet (new modules keep their init)
         from diffusers import UNet2DConditionModel
 
