@@ -8,7 +8,9 @@ miniworld CLIP) beside the committed VAE's.
     python benchmarks/miniworld_vae_room.py --blocks 2 [--latent-channels 4] [--seconds 900] [--out /tmp/vae-room]
 
 A reference for the resolution experiment: a decoded image cannot show much more shape than this
-round trip does, and the committed VAE's 16 px round trip is below 90% of the shape drop.
+round trip does, and the committed VAE's 16 px round trip is below 90% of the shape drop. Figures
+(shape named right by the evaluator at 16 px; the committed VAE: 65.0%): ``--blocks 2`` 78.3%;
+``--latent-channels 8`` 68.0%, ``16`` 64.3% (the room is spatial, not in the latent's depth).
 """
 
 from __future__ import annotations
