@@ -40,7 +40,7 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class ModelConfig:
     pretrained: str = _f("miniworld", "hub id, local diffusers folder or model alias (or causal LM for backend llm); 'miniworld' is the bundled miniature SD (an alias the miniworld plugin registers), 'tiny' a tiny random pipeline built offline")
     family: Union[str, None] = _f(None, "diffusion model family (see `raft-diffusion families`); default: detected from the pipeline class in model_index.json")
-    vae: Union[str, None] = _f(None, "a separate VAE (folder or hub id), e.g. a float16-safe SDXL VAE; default: the pipeline's own (SDXL's kept in float32)")
+    vae: Union[str, None] = _f(None, "a separate VAE (folder or hub id) for any family, with the pipeline's latent channels, e.g. stabilityai/sd-vae-ft-mse for SD 1.5 or a float16-safe SDXL VAE; default: the pipeline's own (SDXL's kept in float32)")
     drop_t5: bool = _f(False, "SD3: load the pipeline without its T5 text encoder (less memory; the CLIP encoders only)")
     revision: Union[str, None] = _f(None, "hub revision (branch, tag or commit)")
     variant: Union[str, None] = _f(None, "weights variant, e.g. 'fp16'")

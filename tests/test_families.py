@@ -133,3 +133,21 @@ def test_fp16_mixed_precision_on_the_cpu_is_a_clear_error(tiny_pipeline_dir, tmp
         build_loop(tiny_config(tiny_pipeline_dir, tmp_path / "run", **{"train.mixed_precision": "fp16"}), progress=False)
     with pytest.raises(ConfigError, match="train.mixed_precision must be 'no', 'fp16' or 'bf16'"):
         tiny_config(tiny_pipeline_dir, tmp_path / "x", **{"train.mixed_precision": "fp8"})
+
+
+def test_model_vae_replaces_the_vae_of_an_sd_pipeline_and_must_fit_it(tiny_pipeline_dir, tmp_path):
+    """``model.vae`` is every family's (SD 1.x here; it was SDXL's alone and silently ignored elsewhere)."""
+    from diffusers import AutoencoderKL
+
+    from raft_diffusion.diffusion.families.sd import tiny_vae
+
+    vae = AutoencoderKL.from_pretrained(tiny_pipeline_dir / "vae")
+    vae.register_to_config(scaling_factor=0.5)
+    vae.save_pretrained(tmp_path / "vae")
+    fam = load_family(str(tiny_pipeline_dir), device="cpu", options={"vae": str(tmp_path / "vae")})
+    assert fam.vae.config.scaling_factor == 0.5
+    assert load_family(str(tiny_pipeline_dir), device="cpu").vae.config.scaling_factor != 0.5
+    tiny_vae(16, latent_channels=8).save_pretrained(tmp_path / "vae8")
+    with pytest.raises(ModelError, match=r"model.vae '.*vae8' has 8 latent channels, the pipeline's own VAE 4; "
+                                         r"name a VAE made for this model"):
+        load_family(str(tiny_pipeline_dir), device="cpu", options={"vae": str(tmp_path / "vae8")})

@@ -108,6 +108,26 @@ def resolve_source(pretrained: str, cache_dir: str | Path | None = None) -> tupl
     return source, False
 
 
+def load_vae(source: str, dtype: str = "float32") -> Any:
+    """``model.vae``: an ``AutoencoderKL`` from a folder or hub id in ``dtype`` (a :data:`DTYPES` name),
+    recorded in ``models.json``; a source that cannot be loaded is one clear :class:`ModelError`."""
+    from diffusers import AutoencoderKL
+
+    from raft_diffusion import provenance
+
+    try:
+        vae = AutoencoderKL.from_pretrained(source, dtype=DTYPES[dtype])
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(
+            f"model.vae {source!r} cannot be loaded ({first}); give a folder holding an AutoencoderKL "
+            "config.json or a hub id (without network, download it first)"
+        ) from None
+    provenance.record("model.vae", source)
+    log.info("using the VAE of %s in %s", source, vae.dtype)
+    return vae
+
+
 def load_family(
     pretrained: str,
     *,
@@ -142,6 +162,13 @@ def load_family(
         raise ModelError(f"pipeline at {source!r} lacks components {missing}; a {cls.pipeline_class} is needed")
     opts = dict(options or {}, source=source, dtype=dtype, revision=revision, variant=variant)
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], **cls.load_kwargs(opts)}
+    if opts.get("vae"):  # every family: a separate AutoencoderKL replaces the pipeline's
+        kwargs["vae"] = load_vae(opts["vae"], dtype)
+        own = Path(source) / "vae" / "config.json" if local else None
+        channels = json.loads(own.read_text()).get("latent_channels") if own and own.is_file() else None
+        if channels is not None and channels != kwargs["vae"].config.latent_channels:
+            raise ModelError(f"model.vae {opts['vae']!r} has {kwargs['vae'].config.latent_channels} latent channels, "
+                             f"the pipeline's own VAE {channels}; name a VAE made for this model")
     if revision:
         kwargs["revision"] = revision
     if variant:

@@ -101,7 +101,8 @@ class ModelFamily:
     @classmethod
     def load_kwargs(cls, options: dict[str, Any]) -> dict[str, Any]:
         """Extra ``from_pretrained`` keyword arguments from the model options: the ``model.*`` fields,
-        plus ``source`` (the resolved folder or hub id) and ``dtype`` (a name)."""
+        plus ``source`` (the resolved folder or hub id) and ``dtype`` (a name). ``model.vae`` is every
+        family's (:func:`raft_diffusion.diffusion.pipeline.load_vae`)."""
         return {}
 
     def after_load(self, options: dict[str, Any]) -> None:
@@ -193,3 +194,4 @@ class ModelFamily:
             out_dir, safe_serialization=True,
             **{f"{self.denoiser_attr}_lora_layers": layers, f"{self.denoiser_attr}_lora_adapter_metadata": metadata},
         )
+

@@ -7,7 +7,7 @@ UNet also takes ``added_cond_kwargs = {"text_embeds": pooled, "time_ids": ...}``
 run's resolution exactly as sampling does. An empty prompt is all zeros where the pipeline forces
 it (``force_zeros_for_empty_prompt``), for classifier-free guidance and caption dropout alike. The
 VAE stays in float32 (SDXL's overflows in float16) unless ``model.vae`` names another one, e.g. an
-fp16-safe VAE, loaded in ``model.dtype``. Noising, epsilon / v targets: :class:`UNetFamily`.
+fp16-safe VAE, loaded in ``model.dtype`` (:func:`~raft_diffusion.diffusion.pipeline.load_vae`). Noising, epsilon / v targets: :class:`UNetFamily`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import torch
 
 from raft_diffusion.diffusion.families.base import Cond
 from raft_diffusion.diffusion.families.sd import UNetFamily, tiny_vae
-from raft_diffusion.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -32,30 +31,6 @@ class SDXLFamily(UNetFamily):
     pipeline_class = "StableDiffusionXLPipeline"
     text_encoder_attrs = ("text_encoder", "text_encoder_2")
     required_components = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
-
-    @classmethod
-    def load_kwargs(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """``model.vae`` (folder or hub id): an ``AutoencoderKL`` loaded in ``model.dtype`` replaces the pipeline's."""
-        source = options.get("vae")
-        if not source:
-            return {}
-        from diffusers import AutoencoderKL
-
-        from raft_diffusion.diffusion.pipeline import DTYPES
-
-        try:
-            vae = AutoencoderKL.from_pretrained(source, dtype=DTYPES[options.get("dtype") or "float32"])
-        except (OSError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise ModelError(
-                f"model.vae {source!r} cannot be loaded ({first}); give a folder holding an AutoencoderKL "
-                "config.json or a hub id (without network, download it first)"
-            ) from None
-        from raft_diffusion import provenance
-
-        provenance.record("model.vae", source)
-        log.info("using the VAE of %s in %s", source, vae.dtype)
-        return {"vae": vae}
 
     def after_load(self, options: dict[str, Any]) -> None:
         """Keep the pipeline's own VAE in float32 (it overflows in float16); a ``model.vae`` stays as loaded."""
