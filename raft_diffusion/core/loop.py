@@ -27,7 +27,7 @@ from raft_diffusion.core import checkpoint, distributed, early_stop, faults, rng
 from raft_diffusion.core.backend import Backend, Samples
 from raft_diffusion.core.distributed import Distributed, TrainShard
 from raft_diffusion.core.ranking import Selection, group_ids, select
-from raft_diffusion.core.records import History, eval_readings, part_summary, reward_summary
+from raft_diffusion.core.records import History, eval_readings, part_summary, parts_text, reward_summary
 from raft_diffusion.core.stages import (
     assemble_samples,
     debug_dump,
@@ -230,10 +230,9 @@ class RaftLoop:
                 protect=decision.best_round), main_only=True)
             self._synced(r, "writing metrics", lambda: self.history.write(self.run_dir), main_only=True)
             if self.dist.is_main:
-                parts = "".join(f" | {label} {p['mean']:.4f} (kept {p['kept']:.4f})" for label, p in row.get("reward_parts", {}).items())
                 log.info(
-                    "round %d/%d: reward %.4f (unbiased) | kept %.4f | mean %.4f%s | %.1fs",
-                    r, s.rounds, row["reward_unbiased"], row["reward_kept"], row["reward_mean"], parts, row["time_round_s"],
+                    "round %d/%d: reward %.4f (unbiased) | kept %.4f | mean %.4f%s | %.1fs", r, s.rounds,
+                    row["reward_unbiased"], row["reward_kept"], row["reward_mean"], parts_text(row), row["time_round_s"],
                 )
                 if falling:
                     log.warning("round %d: the eval reward rose since round 0 while held-out %s fell: the reward may be "

@@ -54,6 +54,13 @@ def part_summary(parts: dict[str, Sequence[float]], kept: Sequence[int]) -> dict
     return {label: {"mean": mean(v), "kept": mean([v[i] for i in kept])} for label, v in parts.items()}
 
 
+def parts_text(row: dict[str, Any]) -> str:
+    """A metrics row's ``reward_parts`` for the round's log line: `` | <part> <mean> (kept <mean>)``
+    each; empty for a reward without parts."""
+    parts = row.get("reward_parts", {})
+    return "".join(f" | {label} {p['mean']:.4f} (kept {p['kept']:.4f})" for label, p in parts.items())
+
+
 def eval_readings(parts: Sequence[dict[str, list[float]]], scorers: Sequence[str], texts: Sequence[str], k: int
                   ) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """An eval row's readings from every process's scores (``{key: floats}`` each, the processes in

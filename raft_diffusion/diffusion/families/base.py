@@ -194,4 +194,3 @@ class ModelFamily:
             out_dir, safe_serialization=True,
             **{f"{self.denoiser_attr}_lora_layers": layers, f"{self.denoiser_attr}_lora_adapter_metadata": metadata},
         )
-

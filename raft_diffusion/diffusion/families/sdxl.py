@@ -7,20 +7,18 @@ UNet also takes ``added_cond_kwargs = {"text_embeds": pooled, "time_ids": ...}``
 run's resolution exactly as sampling does. An empty prompt is all zeros where the pipeline forces
 it (``force_zeros_for_empty_prompt``), for classifier-free guidance and caption dropout alike. The
 VAE stays in float32 (SDXL's overflows in float16) unless ``model.vae`` names another one, e.g. an
-fp16-safe VAE, loaded in ``model.dtype`` (:func:`~raft_diffusion.diffusion.pipeline.load_vae`). Noising, epsilon / v targets: :class:`UNetFamily`.
+fp16-safe VAE, loaded in ``model.dtype`` (:func:`~raft_diffusion.diffusion.pipeline.load_vae`).
+Noising, epsilon / v targets: :class:`UNetFamily`.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
 
 from raft_diffusion.diffusion.families.base import Cond
 from raft_diffusion.diffusion.families.sd import UNetFamily, tiny_vae
-
-log = logging.getLogger(__name__)
 
 
 class SDXLFamily(UNetFamily):
