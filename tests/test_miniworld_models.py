@@ -109,6 +109,8 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
     assert main(["miniworld", "build", "--quick", "--out", str(tmp_path), "--seed", "-1"]) == 2
     assert main(["miniworld", "build", "--quick", "--out", str(tmp_path), "--latent-channels", "0"]) == 2
     assert "--latent-channels must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["miniworld", "build", "--quick", "--out", str(tmp_path), "--vae-blocks", "4"]) == 2
+    assert "--vae-blocks must be 1, 2 or 3 (downsampling 1x, 2x, 4x), got 4" in capsys.readouterr().err
     assert main(["miniworld", "build", "--quick", "--out", str(tmp_path), "--reuse", "clip,unet"]) == 2
     assert "cannot reuse unet; reusable models: clip, aesthetic" in capsys.readouterr().err
     assert main(["miniworld", "build", "--quick", "--out", str(tmp_path / "b"), "--reuse", "clip",

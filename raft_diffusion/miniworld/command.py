@@ -66,9 +66,10 @@ def run(args: argparse.Namespace) -> int:
             if args.threads < 1:
                 raise ConfigError(f"--threads must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
-        for flag, value in (("--vae-blocks", args.vae_blocks), ("--latent-channels", args.latent_channels)):
-            if value < 1:
-                raise ConfigError(f"{flag} must be >= 1, got {value}")
+        if args.vae_blocks not in (1, 2, 3):
+            raise ConfigError(f"--vae-blocks must be 1, 2 or 3 (downsampling 1x, 2x, 4x), got {args.vae_blocks}")
+        if args.latent_channels < 1:
+            raise ConfigError(f"--latent-channels must be >= 1, got {args.latent_channels}")
         out = Path(args.out) if args.out else assets_dir()
         base = BuildSettings.quick() if args.quick else BuildSettings()
         settings = dataclasses.replace(
