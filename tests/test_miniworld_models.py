@@ -198,3 +198,17 @@ def test_vae_blocks_set_the_latent_room(tmp_path, blocks, channels, side):
     with torch.no_grad():
         z = vae.encode(world.render_batch(world.heldout_scenes(1)) * 2 - 1).latent_dist.mean
     assert tuple(z.shape) == (1, channels, side, side)
+
+
+def test_vae_trained_at_two_sizes_sees_the_second(tmp_path):
+    """``sizes=(32, 16)`` adds a 16 px loss: from the same seed the weights differ from a 32 px run."""
+    from safetensors.torch import load_file
+
+    from raft_diffusion.miniworld.train_vae import train_vae
+
+    train_vae(tmp_path / "a", steps=2, quick=True)
+    train_vae(tmp_path / "a2", steps=2, quick=True)
+    train_vae(tmp_path / "b", steps=2, quick=True, sizes=(32, 16))
+    a, a2, b = (load_file(tmp_path / x / "vae" / "diffusion_pytorch_model.safetensors") for x in ("a", "a2", "b"))
+    assert all(torch.equal(a[k], a2[k]) for k in a), "seeded: the same settings give the same weights"
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)

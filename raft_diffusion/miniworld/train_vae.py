@@ -70,10 +70,12 @@ def psnr(vae, images: torch.Tensor, batch: int = 256) -> float:
 
 
 def train_vae(out: str | Path, *, seed: int = 0, steps: int = 3000, batch_size: int = 32, lr: float = 1e-3,
-              quick: bool = False, max_seconds: float | None = None, blocks: int = 3, latent_channels: int = 4) -> dict:
+              quick: bool = False, max_seconds: float | None = None, blocks: int = 3, latent_channels: int = 4,
+              sizes: tuple[int, ...] = (world.NATIVE_RESOLUTION,)) -> dict:
     """Train and save; returns {"steps", "wall_s", "scaling_factor", "path"}. ``max_seconds``: stop
     early at this wall time (the learning-rate schedule follows whichever of steps and time runs out
-    first); ``blocks``, ``latent_channels``: see :func:`make_vae`."""
+    first); ``blocks``, ``latent_channels``: see :func:`make_vae`; ``sizes``: the renders are
+    area-resized to each (one loss per size, summed; the committed VAE: 32 px alone)."""
     t0 = time.time()
     vae_dir = Path(out) / "vae"
     common.seed_all(seed)
@@ -94,10 +96,11 @@ def train_vae(out: str | Path, *, seed: int = 0, steps: int = 3000, batch_size: 
             steps = step
             break
         images, _, _ = next(data)
-        x = images * 2 - 1
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
-        loss = F.mse_loss(rec, x) + KL_WEIGHT * post.kl().mean()
+        loss = torch.zeros(())
+        for size in sizes:
+            x = F.interpolate(images, size=(size, size), mode="area") * 2 - 1  # area at the same size is the identity
+            post = vae.encode(x).latent_dist
+            loss = loss + F.mse_loss(vae.decode(post.sample()).sample, x) + KL_WEIGHT * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
