@@ -89,11 +89,12 @@ def test_build_a_new_latent_space_reusing_the_pixel_models(tmp_path):
 
     out = tmp_path / "mw"
     assert main(["miniworld", "build", "--quick", "--out", str(out), "--latent-channels", "8",
-                 "--reuse", "clip,aesthetic"]) == 0
+                 "--vae-train-sizes", "32,16", "--reuse", "clip,aesthetic"]) == 0
     committed = miniworld.assets_dir()
     for name in ("clip/model.safetensors", "aesthetic/head.safetensors"):
         assert (out / name).read_bytes() == (committed / name).read_bytes(), name
     figs = json.loads((out / "figures.json").read_text())
+    assert figs["settings"]["vae_sizes"] == [32, 16]
     assert set(figs["train"]) == {"clip", "vae", "vae_decoder", "unet_stage1", "unet_stage2", "aesthetic"}
     assert figs["train"]["clip"]["reused_from"] == str(committed) and figs["train"]["aesthetic"]["steps"] == 0
     vae_cfg = json.loads((out / "pipeline" / "vae" / "config.json").read_text())
@@ -111,6 +112,8 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
     assert "--latent-channels must be >= 1, got 0" in capsys.readouterr().err
     assert main(["miniworld", "build", "--quick", "--out", str(tmp_path), "--vae-blocks", "4"]) == 2
     assert "--vae-blocks must be 1, 2 or 3 (downsampling 1x, 2x, 4x), got 4" in capsys.readouterr().err
+    assert main(["miniworld", "build", "--quick", "--out", str(tmp_path), "--vae-train-sizes", "32,x"]) == 2
+    assert "--vae-train-sizes '32,x' must be sizes in pixels, multiples of 8" in capsys.readouterr().err
     assert main(["miniworld", "build", "--quick", "--out", str(tmp_path), "--reuse", "clip,unet"]) == 2
     assert "cannot reuse unet; reusable models: clip, aesthetic" in capsys.readouterr().err
     assert main(["miniworld", "build", "--quick", "--out", str(tmp_path / "b"), "--reuse", "clip",

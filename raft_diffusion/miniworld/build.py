@@ -55,6 +55,8 @@ class BuildSettings:
     vae_decoder_steps: int = 3000
     vae_blocks: int = 3
     vae_latent_channels: int = 4
+    vae_sizes: tuple[int, ...] = (32,)
+    """Sizes the VAE trains at before its decoder stage (the committed: 32 px alone)."""
     unet_stages: tuple[UnetStage, ...] = (
         UnetStage(steps=4000, lr=1e-3, addition_embed=False),
         UnetStage(steps=3100, lr=7e-4, seed=1, n_data=20000),
@@ -114,7 +116,7 @@ def build(out: str | Path, *, seed: int = 0, quick: bool = False, settings: Buil
             runs[f"clip_vision_stage{i}"] = finetune_vision(out, seed=seed + i, steps=s.clip_vision_steps,
                                                             max_seconds=seconds, pair_weight=weight)
     runs["vae"] = train_vae(out, seed=seed, steps=s.vae_steps, quick=quick, max_seconds=s.vae_seconds,
-                            blocks=s.vae_blocks, latent_channels=s.vae_latent_channels)
+                            blocks=s.vae_blocks, latent_channels=s.vae_latent_channels, sizes=s.vae_sizes)
     runs["vae_decoder"] = finetune_decoder(out / "vae", out, seed=seed, steps=s.vae_decoder_steps)
     for i, st in enumerate(s.unet_stages, start=1):
         runs[f"unet_stage{i}"] = train_unet(

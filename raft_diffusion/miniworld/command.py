@@ -32,6 +32,9 @@ def register(subparsers: Any) -> None:
     b.add_argument("--vae-blocks", type=int, default=3,
                    help="VAE encoder/decoder blocks: downsampling 2 ** (blocks - 1) (default 3: 4x, the committed)")
     b.add_argument("--latent-channels", type=int, default=4, help="VAE latent channels (default 4, the committed)")
+    b.add_argument("--vae-train-sizes", default="32",
+                   help="sizes the VAE trains at, comma-separated (default 32, the committed; "
+                        "32,16 trains the encoder at 16 px too)")
     b.add_argument("--reuse", default="",
                    help="models copied from --reuse-from instead of trained, comma-separated: clip, aesthetic "
                         "(they read pixels, so a new latent space needs only the VAE and UNet trained)")
@@ -70,10 +73,17 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--vae-blocks must be 1, 2 or 3 (downsampling 1x, 2x, 4x), got {args.vae_blocks}")
         if args.latent_channels < 1:
             raise ConfigError(f"--latent-channels must be >= 1, got {args.latent_channels}")
+        try:
+            sizes = tuple(int(x) for x in args.vae_train_sizes.split(","))
+        except ValueError:
+            sizes = ()
+        if not sizes or any(x < 8 or x % 8 for x in sizes):
+            raise ConfigError(f"--vae-train-sizes {args.vae_train_sizes!r} must be sizes in pixels, multiples of 8, "
+                              "comma-separated, e.g. 32,16")
         out = Path(args.out) if args.out else assets_dir()
         base = BuildSettings.quick() if args.quick else BuildSettings()
         settings = dataclasses.replace(
-            base, vae_blocks=args.vae_blocks, vae_latent_channels=args.latent_channels,
+            base, vae_blocks=args.vae_blocks, vae_latent_channels=args.latent_channels, vae_sizes=sizes,
             reuse=tuple(x.strip() for x in args.reuse.split(",") if x.strip()), reuse_from=args.reuse_from)
         figures = build(out, seed=args.seed, quick=args.quick, settings=settings, evaluate=not args.no_eval)
         write_markdown(out, figures)
