@@ -38,7 +38,8 @@ def register(subparsers: Any) -> None:
     b.add_argument("--reuse", default="",
                    help="models copied from --reuse-from instead of trained, comma-separated: clip, aesthetic "
                         "(they read pixels, so a new latent space needs only the VAE and UNet trained)")
-    b.add_argument("--reuse-from", default=None, help="miniworld assets folder to reuse from (default: the committed one)")
+    b.add_argument("--reuse-from", default=None,
+                   help="miniworld assets folder to reuse from (default: the committed one)")
     e = sub.add_parser("evaluate", help="print the figures of a miniworld assets folder")
     e.add_argument("--assets", default=None, help="assets folder (default: the committed one)")
     e.add_argument("--recompute", action="store_true", help="measure again instead of reading figures.json")
