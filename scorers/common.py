@@ -138,3 +138,15 @@ def validated(scorer: Callable[..., Any], name: str | None = None) -> Callable[.
     if isinstance(scorer, (BaseScorer, ValidatedScorer)):
         return scorer
     return ValidatedScorer(scorer, name)
+
+
+def component_scores(scorer: Any) -> dict[str, list[float]]:
+    """The raw part rewards of ``scorer``'s last call, by part label: the ``last_components`` (label ->
+    (N,) tensor) of a scorer with parts, such as ``multi``, also inside :class:`ValidatedScorer` or an
+    offloading wrapper; empty for a scorer without parts."""
+    while scorer is not None:
+        parts = vars(scorer).get("last_components") if hasattr(scorer, "__dict__") else None
+        if isinstance(parts, dict):
+            return {label: torch.as_tensor(r).double().tolist() for label, r in parts.items()}
+        scorer = getattr(scorer, "scorer", None)
+    return {}

@@ -11,8 +11,8 @@
 ``zscore`` and ``rank`` are invariant to a positive scale (and a shift) of any one component, so
 rewards on different scales mix. Groups: ``metadata[i]["group"]`` when every sample has it,
 otherwise runs of consecutive identical prompts (the K samples of a prompt arrive together).
-The raw component rewards of the last call are kept in ``last_components``: the loop's eval rows
-report their means (:func:`component_scores`), since a z-scored sum's mean is 0 by construction.
+The raw component rewards of the last call are kept in ``last_components``: the loop records their
+means (:func:`scorers.common.component_scores`), since a z-scored sum's mean is 0 by construction.
 """
 
 from __future__ import annotations
@@ -173,12 +173,3 @@ def multi(scorers: Any, normalize: str = "zscore", group_key: str = "group") -> 
     ``normalize`` raw / zscore / rank within each prompt group."""
     return MultiScorer(scorers, normalize=normalize, group_key=group_key)
 
-
-def component_scores(scorer: Any) -> dict[str, list[float]]:
-    """The raw part rewards of ``scorer``'s last call, by part label, when it is a multi reward (also
-    inside :class:`~scorers.common.ValidatedScorer` or an offloading wrapper); else empty."""
-    while scorer is not None:
-        if isinstance(scorer, MultiScorer):
-            return {label: r.double().tolist() for label, r in scorer.last_components.items()}
-        scorer = getattr(scorer, "scorer", None)
-    return {}

@@ -101,8 +101,7 @@ def test_built_from_registry_names():
 
 
 def test_component_scores_finds_a_multi_inside_wrappers():
-    from scorers.common import ValidatedScorer
-    from scorers.multi import component_scores
+    from scorers.common import ValidatedScorer, component_scores
 
     outputs, prompts, metadata = batch(2, 2)
     m = MultiScorer([(Fixed([1, 2, 3, 4], name="a"), 1.0), (Fixed([0, 1, 0, 1], name="b"), 1.0)])

@@ -38,7 +38,7 @@ from raft_diffusion.core.stages import (
     write_samples_table,
 )
 from raft_diffusion.errors import ConfigError, RunError
-from scorers.multi import component_scores
+from scorers.common import component_scores
 
 log = logging.getLogger(__name__)
 
