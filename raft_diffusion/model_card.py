@@ -102,6 +102,8 @@ def card_text(cfg: Any, history: Any, scorer_name: str, summary: dict[str, Any],
         "| | before training | after |", "|---|---|---|",
         (f"| reward `{summary.get('reward_name') or scorer_name}` | {_num(summary.get('reward_before'))} | "
         f"{_num(summary.get('reward_after'))} |"),
+        *(f"| reward part `{part}` | {_num(reading.get('before'))} | {_num(reading.get('after'))} |"
+          for part, reading in (summary.get("reward_parts") or {}).items()),
     ]
     if summary.get("fidelity_name"):
         lines.append(f"| fidelity `{summary['fidelity_name']}` | {_num(summary.get('fidelity_before'))} | "

@@ -199,3 +199,9 @@ def test_a_multi_rewards_parts_are_read_at_eval_and_signal_divergence(tmp_path, 
     parts = [row["reward_parts"]["component0"] for row in history.rounds]
     assert all(p["kept"] > p["mean"] for p in parts), "the kept samples have the larger raw sums"
     assert parts[-1]["mean"] > parts[0]["mean"], "the raw part rises round on round"
+    from raft_diffusion.core.early_stop import summarize
+
+    summary = summarize(history, None, "multi", ["neg_first"])
+    raw = summary["reward_parts"]["component0"]
+    assert raw["before"] == first["multi/component0"] and raw["after"] == last["multi/component0"], (
+        "summary.json carries the raw parts beside the z-scored reading")

@@ -131,6 +131,9 @@ def closing_lines(cfg: Any, history: Any, what: str) -> list[str]:
     if summary.get("reward_before") is not None:
         lines.append(f"eval reward ({summary['reward_name']}, held-out prompts, fixed seeds): "
                      f"{_change(summary['reward_before'], summary['reward_after'])} (before training -> {at})")
+    for part, reading in (summary.get("reward_parts") or {}).items():
+        if reading.get("before") is not None:
+            lines.append(f"eval reward part {part}: {_change(reading['before'], reading['after'])}")
     if summary.get("fidelity_name") and summary.get("fidelity_before") is not None:
         lines.append(f"held-out fidelity ({summary['fidelity_name']}): {_change(summary['fidelity_before'], summary['fidelity_after'])}")
     for name, reading in (summary.get("held_out") or {}).items():

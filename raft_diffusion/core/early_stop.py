@@ -120,7 +120,9 @@ def promote_best(run_dir: Path) -> bool:
 
 def summarize(history: History, guard: str | None, reward: str, eval_names: Sequence[str]) -> dict[str, Any]:
     """The run's figures: the best round, why it stopped, and the reward and the guard (or the first
-    held-out scorer) before training (round 0) and at the best (else the last) eval round."""
+    held-out scorer) before training (round 0) and at the best (else the last) eval round.
+    ``reward_parts``: a multi reward's parts (eval columns ``<reward>/<part>``), raw, before and after;
+    its own reading is z-scored within each prompt's samples when it normalises, so that one reads 0."""
     rounds, evals = history.rounds, history.evals
     best = rounds[-1].get("best_round") if rounds else None
     fidelity = guard or next(iter(eval_names), None)
@@ -137,6 +139,8 @@ def summarize(history: History, guard: str | None, reward: str, eval_names: Sequ
         "reward_name": reward, "reward_before": reading(first, reward), "reward_after": reading(last, reward),
         "fidelity_name": fidelity, "fidelity_before": reading(first, fidelity), "fidelity_after": reading(last, fidelity),
         "held_out": {n: {"before": reading(first, n), "after": reading(last, n)} for n in eval_names},
+        "reward_parts": {key.split("/", 1)[1]: {"before": reading(first, key), "after": reading(last, key)}
+                         for key in {**(first or {}), **(last or {})} if key.startswith(f"{reward}/")},
     }
 
 
