@@ -69,6 +69,30 @@ def psnr(vae, images: torch.Tensor, batch: int = 256) -> float:
     return float(torch.cat(vals).mean())
 
 
+def reconstruction_loss(vae, images: torch.Tensor, sizes: tuple[int, ...], train_encoder: bool) -> torch.Tensor:
+    """Sum over ``sizes`` of the decoded sample's MSE against ``images`` (B, 3, H, W) float in [0, 1]
+    area-resized to each size (area at the same size is the identity); with ``train_encoder`` the
+    posterior's KL is added, without it the encoder runs without gradients."""
+    loss = torch.zeros(())
+    for size in sizes:
+        x = F.interpolate(images, size=(size, size), mode="area") * 2 - 1
+        with torch.set_grad_enabled(train_encoder):
+            post = vae.encode(x).latent_dist
+            z = post.sample()
+        loss = loss + F.mse_loss(vae.decode(z).sample, x) + (KL_WEIGHT * post.kl().mean() if train_encoder else 0.0)
+    return loss
+
+
+def _step(opt, sched, params: list, loss: torch.Tensor, ema: float | None) -> float:
+    """One clipped optimiser and scheduler step on ``loss``; returns the loss's running mean."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    return loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+
+
 def train_vae(out: str | Path, *, seed: int = 0, steps: int = 3000, batch_size: int = 32, lr: float = 1e-3,
               quick: bool = False, max_seconds: float | None = None, blocks: int = 3, latent_channels: int = 4,
               sizes: tuple[int, ...] = (world.NATIVE_RESOLUTION,)) -> dict:
@@ -96,17 +120,8 @@ def train_vae(out: str | Path, *, seed: int = 0, steps: int = 3000, batch_size: 
             steps = step
             break
         images, _, _ = next(data)
-        loss = torch.zeros(())
-        for size in sizes:
-            x = F.interpolate(images, size=(size, size), mode="area") * 2 - 1  # area at the same size is the identity
-            post = vae.encode(x).latent_dist
-            loss = loss + F.mse_loss(vae.decode(post.sample()).sample, x) + KL_WEIGHT * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        loss = reconstruction_loss(vae, images, sizes, train_encoder=True)
+        ema = _step(opt, sched, list(vae.parameters()), loss, ema)
         if step % 100 == 0 or step == steps - 1:
             log.info("vae step %d/%d loss %.5f", step, steps, ema)
         bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
@@ -146,18 +161,8 @@ def finetune_decoder(vae_dir: str | Path, out: str | Path, *, seed: int = 0, ste
             steps = step
             break
         images, _, _ = next(data)
-        loss = torch.zeros(())
-        for size in sizes:
-            x = F.interpolate(images, size=(size, size), mode="area") * 2 - 1  # area at the same size is the identity
-            with torch.no_grad():
-                z = vae.encode(x).latent_dist.sample()
-            loss = loss + F.mse_loss(vae.decode(z).sample, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        loss = reconstruction_loss(vae, images, sizes, train_encoder=False)
+        ema = _step(opt, sched, params, loss, ema)
         if step % 100 == 0 or step == steps - 1:
             log.info("vae decoder step %d/%d loss %.5f", step, steps, ema)
     vae.eval()
