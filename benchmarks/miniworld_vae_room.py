@@ -14,7 +14,9 @@ round trip does, and the committed VAE's 16 px round trip is below 90% of the sh
 ``--latent-channels 8`` 68.0%, ``16`` 64.3% (encoder trained at 32 px only); ``--train-sizes 32,16``
 (the encoder trained at 16 px too): 76.7% with 4 channels, 82.0% with ``--latent-channels 16``
 (28 minutes each). Without the decoder stage (3,000 steps at both sizes, a script) the same two
-read 71.0% and 66.3%.
+read 71.0% and 66.3%. The whole miniworld rebuilt on the last (``raft-diffusion miniworld build
+--latent-channels 16 --vae-train-sizes 32,16``) round-trips 80.3%, yet RAFT and a supervised adapter
+recover less of the 16 px shape drop on it: ``benchmarks/results/miniworld_latent16.md``.
 """
 
 from __future__ import annotations
