@@ -144,6 +144,20 @@ def test_llm_model_card_is_a_peft_card(tmp_path):
     assert f'PeftModel.from_pretrained(base, "{tmp_path / "adapter"}")' in body and "load_lora_weights" not in body
 
 
+def test_model_card_lists_a_multi_rewards_raw_parts(tmp_path):
+    """A z-scored multi reads 0 before and after; the card shows its parts' raw readings."""
+    from raft_diffusion.model_card import card_text
+
+    cfg = load_config("llm-tiny", {"output.dir": str(tmp_path)})
+    history = History([{"round": 1}], [], tmp_path)
+    summary = {"reward_name": "multi", "reward_before": 0.0, "reward_after": 0.0,
+               "reward_parts": {"clip": {"before": 12.5, "after": 31.25}, "shape": {"before": -0.5, "after": 0.125}}}
+    _, body = front_matter(card_text(cfg, history, "multi", summary, lora_ref=str(tmp_path), run_dir=tmp_path))
+    rows = [line for line in body.splitlines() if line.startswith("| reward part")]
+    assert len(rows) == 2 and "`clip`" in rows[0] and "12.5" in rows[0] and "31.25" in rows[0], rows
+    assert "`shape`" in rows[1] and "-0.5" in rows[1], rows
+
+
 @pytest.mark.parametrize("pretrained, expected", [
     ("stable-diffusion-v1-5/stable-diffusion-v1-5", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
     ("/cache/hub/models--stabilityai--sdxl-turbo/snapshots/abc123", "stabilityai/sdxl-turbo"),
