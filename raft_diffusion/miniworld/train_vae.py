@@ -104,7 +104,8 @@ def train_vae(out: str | Path, *, seed: int = 0, steps: int = 3000, batch_size: 
     vae_dir = Path(out) / "vae"
     common.seed_all(seed)
     vae = make_vae(quick, blocks, latent_channels)
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    params = list(vae.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     warm = max(1, steps // 50)
     progress = common.Progress(steps, max_seconds)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -121,7 +122,7 @@ def train_vae(out: str | Path, *, seed: int = 0, steps: int = 3000, batch_size: 
             break
         images, _, _ = next(data)
         loss = reconstruction_loss(vae, images, sizes, train_encoder=True)
-        ema = _step(opt, sched, list(vae.parameters()), loss, ema)
+        ema = _step(opt, sched, params, loss, ema)
         if step % 100 == 0 or step == steps - 1:
             log.info("vae step %d/%d loss %.5f", step, steps, ema)
         bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
