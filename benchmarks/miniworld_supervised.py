@@ -18,8 +18,10 @@ perfect data and this adapter recover about 60% of the 16 px shape drop in 1,000
 (colour 97%): perfect data stops near 70% of the drop, below the round trip. On the miniworld
 rebuilt with a 16-channel VAE (round trip 80%; ``benchmarks/results/miniworld_latent16.md``) the
 same adapter is slower: 26.6% after 500 steps, 39.1% after 1,000, 50.0% after 2,000, 46.1% after
-3,000 (about 60% of its drop). The whole committed UNet (``--adapter full --lr 1e-4``): 57.0% after
-1,000 and 2,000 steps (colour 98%), about 76% of the drop. (Earlier
+3,000 (about 60% of its drop). The whole committed UNet (``--adapter full``): 57.0% after 1,000 and
+2,000 steps at lr 1e-4; 51.6%, 54.7%, 59.4% after 1,000, 2,000, 3,000 at lr 3e-4; 53.9%, 58.6%,
+64.8%, 57.8% after 1,000 to 4,000 at lr 1e-4 with ``--batch-size 64`` (colour 94-99%): 75-87% of
+the drop, short of 90% (67%). (Earlier
 CLIP-only figures: attention-only rank-8 LoRA at lr 1e-4 33-45%, the whole UNet at lr 1e-4 48-54%.)
 """
 
