@@ -128,6 +128,17 @@ def load_vae(source: str, dtype: str = "float32") -> Any:
     return vae
 
 
+def _own_latent_channels(source: str, revision: str | None) -> int | None:
+    """``latent_channels`` of the pipeline's own VAE config (a local folder or a hub id through the
+    Hugging Face cache); None where it cannot be read (then from_pretrained reports the pipeline)."""
+    from diffusers import AutoencoderKL
+
+    try:
+        return AutoencoderKL.load_config(source, subfolder="vae", revision=revision).get("latent_channels")
+    except (OSError, EnvironmentError, ValueError):
+        return None
+
+
 def load_family(
     pretrained: str,
     *,
@@ -164,8 +175,7 @@ def load_family(
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], **cls.load_kwargs(opts)}
     if opts.get("vae"):  # every family: a separate AutoencoderKL replaces the pipeline's
         kwargs["vae"] = load_vae(opts["vae"], dtype)
-        own = Path(source) / "vae" / "config.json" if local else None
-        channels = json.loads(own.read_text()).get("latent_channels") if own and own.is_file() else None
+        channels = _own_latent_channels(source, revision)
         if channels is not None and channels != kwargs["vae"].config.latent_channels:
             raise ModelError(f"model.vae {opts['vae']!r} has {kwargs['vae'].config.latent_channels} latent channels, "
                              f"the pipeline's own VAE {channels}; name a VAE made for this model")
