@@ -72,7 +72,7 @@ def _read_index(source: str, revision: str | None, local: bool) -> dict[str, Any
 
     try:
         return dict(DiffusionPipeline.load_config(source, revision=revision))
-    except (OSError, EnvironmentError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise _load_error(source, exc) from None
 
 
@@ -135,7 +135,7 @@ def _own_latent_channels(source: str, revision: str | None) -> int | None:
 
     try:
         return AutoencoderKL.load_config(source, subfolder="vae", revision=revision).get("latent_channels")
-    except (OSError, EnvironmentError, ValueError):
+    except (OSError, ValueError):
         return None
 
 
@@ -187,7 +187,7 @@ def load_family(
         log.info("loading hub model %s (downloaded into the Hugging Face cache if not there; HF_HUB_OFFLINE=1 forbids it)", source)
     try:
         pipe = getattr(diffusers, cls.pipeline_class).from_pretrained(source, **kwargs)
-    except (OSError, EnvironmentError) as exc:
+    except OSError as exc:
         raise _load_error(source, exc) from None
     except (ValueError, RuntimeError, KeyError) as exc:  # a config that does not match its weights
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0][:200]
