@@ -137,6 +137,10 @@ class LoraConfig:
 
 @dataclass
 class TrainConfig:
+    adapter: str = _f("lora", "diffusion: what RAFT trains: 'lora' (a peft LoRA on the denoiser, the lora.* settings; the run "
+                      "writes pytorch_lora_weights.safetensors) or 'full' (every denoiser weight, float32, as diffusers' "
+                      "train_text_to_image does; the run writes the denoiser folder, unet/ or transformer/; needs "
+                      "model.dtype float32 and memory for AdamW's two moments of every weight)")
     learning_rate: float = _f(1e-3, "AdamW learning rate (the authors' notebook: 9e-6 for SD 1.5)")
     steps_per_round: Union[int, None] = _f(20, "optimizer steps per round; null: epochs_per_round passes over the kept set")
     epochs_per_round: int = _f(1, "passes over the kept set per round when steps_per_round is null")

@@ -1,9 +1,10 @@
-"""``generate``: images from a pipeline plus an optional LoRA, or from a run folder with its own settings.
+"""``generate``: images from a pipeline plus an optional LoRA (or a fully fine-tuned denoiser), or from a
+run folder with its own settings.
 
 Given a run folder as ``lora``, every setting left unset comes from the run's ``config.yaml``: the
 model, family, dtype, scheduler, steps, guidance, size, negative prompt, and by default the run's
 eval prompts with the run's eval seeds, so ``generate(lora=RUN_DIR)`` redraws the run's fixed-seed
-eval images with the final LoRA. Files in the output folder are never overwritten: new images take
+eval images with the final LoRA, or with the run's fine-tuned denoiser (``train.adapter: full``). Files in the output folder are never overwritten: new images take
 the next free numbers and ``prompts.txt`` grows.
 """
 
@@ -80,7 +81,7 @@ def generate(
     run folder, else from :data:`DEFAULTS`."""
     from raft_diffusion.core.rng import sample_seed
     from raft_diffusion.diffusion import sampling
-    from raft_diffusion.diffusion.lora import load_lora_into_pipeline
+    from raft_diffusion.diffusion.full import load_trained_weights
     from raft_diffusion.diffusion.pipeline import load_family
     from raft_diffusion.report import to_pil
 
@@ -113,7 +114,7 @@ def generate(
         raise ConfigError("no prompts given; pass --prompt TEXT or --prompts FILE (or --lora RUN_DIR of a run with eval prompts)")
     fam = load_family(st["pretrained"], family=st["family"], dtype=st["dtype"], device=device, scheduler=st["scheduler"])
     if lora:
-        load_lora_into_pipeline(fam.pipe, lora)
+        load_trained_weights(fam, lora)
     size = fam.native_size()
     fam.size = (st["height"] or size, st["width"] or size)
     all_texts = [p for p in texts for _ in range(st["num_images"])]

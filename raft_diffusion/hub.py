@@ -1,4 +1,4 @@
-"""``output.push_to_hub``: the run's LoRA, model card, before/after grid and report to a hub repository.
+"""``output.push_to_hub``: the run's LoRA (or fine-tuned denoiser), model card, before/after grid and report to a hub repository.
 
 :func:`check_push` runs before training (so a run cannot train for hours and then fail to push for a
 missing login). At the end, :func:`create_repo` (``HfApi().create_repo(exist_ok=True)``, which gives the
@@ -26,8 +26,16 @@ def repo_id(cfg: Any, run_dir: Path) -> str:
 
 
 def upload_patterns(cfg: Any) -> list[str]:
-    """allow_patterns of the upload: the LoRA file (diffusion) or the adapter folder (llm), and SHARED_FILES."""
-    weights = ["adapter/*"] if cfg.backend == "llm" else ["pytorch_lora_weights.safetensors"]
+    """allow_patterns of the upload: the LoRA file (diffusion), the denoiser folder (diffusion,
+    ``train.adapter: full``) or the adapter folder (llm), and SHARED_FILES."""
+    from raft_diffusion.run_folder import DENOISER_FOLDERS
+
+    if cfg.backend == "llm":
+        weights = ["adapter/*"]
+    elif cfg.train.adapter == "full":
+        weights = [f"{name}/*" for name in DENOISER_FOLDERS]
+    else:
+        weights = ["pytorch_lora_weights.safetensors"]
     return [*weights, *SHARED_FILES]
 
 

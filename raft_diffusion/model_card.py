@@ -13,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from raft_diffusion.run_folder import DENOISER_FOLDERS
+
 log = logging.getLogger(__name__)
 
 CARD = "README.md"
@@ -80,7 +82,9 @@ def card_text(cfg: Any, history: Any, scorer_name: str, summary: dict[str, Any],
     if for_hub and base_id is None:
         log.warning("model.pretrained %r is no hub id: the pushed model card names no base_model", base)
     task = "text-generation" if llm else "text-to-image"
-    tags = ["raft", "lora", task, "peft" if llm else "diffusers", *([] if llm else ["diffusers-training"]),
+    full = not llm and cfg.train.adapter == "full"
+    sub = next((n for n in DENOISER_FOLDERS if (Path(run_dir) / n).is_dir()), "unet") if full else None
+    tags = ["raft", "full-finetune" if full else "lora", task, "peft" if llm else "diffusers", *([] if llm else ["diffusers-training"]),
             *([family] if family else [])]
     data = ModelCardData(
         base_model=base_id or (None if for_hub else base), library_name="peft" if llm else "diffusers",
@@ -89,15 +93,17 @@ def card_text(cfg: Any, history: Any, scorer_name: str, summary: dict[str, Any],
     rounds_run = summary.get("rounds_run") or (history.rounds[-1]["round"] if history.rounds else 0)
     r, rank = cfg.raft, cfg.ranking
     lines = [
-        f"# RAFT LoRA for {base_id or base}", "",
-        (f"A LoRA fine-tuned with RAFT (Reward rAnked FineTuning) by raft-diffusion: each round generated "
-        f"{r.k} samples for each of {r.prompts_per_round} prompts, scored them with the reward `{scorer_name}`, kept "
-        f"the best (`{rank.strategy}`) and fine-tuned the LoRA on them."), "",
+        f"# RAFT {'fine-tuned ' + str(sub) if full else 'LoRA'} for {base_id or base}", "",
+        (f"A {'denoiser (every weight)' if full else 'LoRA'} fine-tuned with RAFT (Reward rAnked FineTuning) by "
+         f"raft-diffusion: each round generated {r.k} samples for each of {r.prompts_per_round} prompts, scored them "
+         f"with the reward `{scorer_name}`, kept the best (`{rank.strategy}`) and fine-tuned the "
+         f"{'denoiser' if full else 'LoRA'} on them."), "",
         f"- Base model: `{base}`",
         *([f"- Family: `{family}`"] if family else []),
         f"- Reward: `{scorer_name}`",
         f"- Rounds: {rounds_run} of {r.rounds}",
-        f"- LoRA rank {cfg.lora.rank}, learning rate {cfg.train.learning_rate:g}", "",
+        (f"- Full fine-tuning of the {sub}" if full else f"- LoRA rank {cfg.lora.rank}")
+        + f", learning rate {cfg.train.learning_rate:g}", "",
         "## Results (eval prompts, the same seeds before and after)", "",
         "| | before training | after |", "|---|---|---|",
         (f"| reward `{summary.get('reward_name') or scorer_name}` | {_num(summary.get('reward_before'))} | "
@@ -118,7 +124,7 @@ def card_text(cfg: Any, history: Any, scorer_name: str, summary: dict[str, Any],
     if (Path(run_dir) / "before_after.png").is_file():
         lines += ["![Eval images before training (left of each pair) and after](before_after.png)", ""]
     lines += ["## Use", "", *(_llm_usage(base_id or base, lora_ref, for_hub) if llm else
-                              _diffusion_usage(base_id or base, lora_ref, _example_prompt(history), for_hub))]
+                              _diffusion_usage(base_id or base, lora_ref, _example_prompt(history), for_hub, sub))]
     lines += ["", "`report.html` beside this card holds every round's curves, metrics and sample grids.", "", CARD_MARKER, ""]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
 
@@ -128,15 +134,22 @@ def _example_prompt(history: Any) -> str:
     return next(iter(best), "a photo of a cat") if isinstance(best, dict) and best else "a photo of a cat"
 
 
-def _diffusion_usage(base: str, lora: str, prompt: str, on_hub: bool) -> list[str]:
-    """diffusers' two lines, and raft-diffusion's generate command (which reads a local folder)."""
+def _diffusion_usage(base: str, lora: str, prompt: str, on_hub: bool, sub: str | None = None) -> list[str]:
+    """diffusers' lines, and raft-diffusion's generate command (which reads a local folder). ``sub``:
+    the fine-tuned denoiser's subfolder (``train.adapter: full``), None for a LoRA."""
     p = prompt.replace('"', "'")
-    folder = "raft-lora" if on_hub else lora
+    folder = ("raft-model" if sub else "raft-lora") if on_hub else lora
     fetch = [f"hf download {lora} --local-dir {folder}"] if on_hub else []
-    return ["```python", "from diffusers import DiffusionPipeline", "",
-            f'pipe = DiffusionPipeline.from_pretrained("{base}")', f'pipe.load_lora_weights("{lora}")',
-            f'image = pipe("{p}").images[0]', "```", "", "or with raft-diffusion:", "", "```bash", *fetch,
-            f'raft-diffusion generate --model {base} --lora {folder} --prompt "{p}" --out images', "```"]
+    if sub:
+        load = ["from diffusers import AutoModel, DiffusionPipeline", "",
+                f'{sub} = AutoModel.from_pretrained("{lora}", subfolder="{sub}")',
+                f'pipe = DiffusionPipeline.from_pretrained("{base}", {sub}={sub})']
+    else:
+        load = ["from diffusers import DiffusionPipeline", "",
+                f'pipe = DiffusionPipeline.from_pretrained("{base}")', f'pipe.load_lora_weights("{lora}")']
+    return ["```python", *load, f'image = pipe("{p}").images[0]', "```", "", "or with raft-diffusion:", "", "```bash",
+            *fetch, f'raft-diffusion generate --model {base} {"--weights" if sub else "--lora"} {folder} --prompt "{p}" --out images',
+            "```"]
 
 
 def _llm_usage(base: str, lora: str, on_hub: bool) -> list[str]:

@@ -22,13 +22,16 @@ RUN_FILES = (
     "config.yaml", "metrics.jsonl", "eval.jsonl", "summary.json", "models.json", "config-changes.jsonl",
     "before_after.png", "reward_curve.png", "report.html", "pytorch_lora_weights.safetensors", "MODEL_CARD.md",
 )
-#: folders a run writes (checkpoints, round and eval records, best weights, tracker logs, the LLM adapter)
-RUN_FOLDERS = ("checkpoints", "rounds", "eval", "best", "logs", "wandb", "adapter")
+#: the denoiser folders a full fine-tune writes (``train.adapter: full``; diffusers' subfolder names)
+DENOISER_FOLDERS = ("unet", "transformer")
+#: folders a run writes (checkpoints, round and eval records, best weights, tracker logs, the LLM adapter,
+#: a fully fine-tuned denoiser)
+RUN_FOLDERS = ("checkpoints", "rounds", "eval", "best", "logs", "wandb", "adapter", *DENOISER_FOLDERS)
 #: the resume records (config.resume-N.yaml, models.resume-N.json) and the temporary names of interrupted
-#: atomic writes (.metrics.jsonl.tmp-PID, .lora-XXXX, .adapter-XXXX, .write-test, .X.best-tmp, .X.old)
+#: atomic writes (.metrics.jsonl.tmp-PID, .lora-XXXX, .adapter-XXXX, .unet-XXXX, .write-test, .X.best-tmp, .X.old)
 RUN_PATTERNS = (
     re.compile(r"^(config\.resume-\d+\.yaml|models\.resume-\d+\.json)$"),
-    re.compile(r"^\..+\.tmp(-\d+)?$|^\.(lora|adapter)-.+$|^\.write-test$|^\..+\.(best-tmp|old)$"),
+    re.compile(r"^\..+\.tmp(-\d+)?$|^\.(lora|adapter|unet|transformer)-.+$|^\.write-test$|^\..+\.(best-tmp|old)$"),
 )
 #: what marks a folder as holding a run (checked by name first)
 MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints")

@@ -21,6 +21,7 @@ SCHEDULERS = ("ddim", "dpm++", "dpm", "euler", "euler-a", "pndm", "ddpm", "lms",
 DTYPES = ("float32", "float16", "bfloat16")
 REPORT_TO = ("none", "tensorboard", "wandb", "all")
 WEIGHTING_SCHEMES = ("logit_normal", "mode", "cosmap", "sigma_sqrt", "none")
+ADAPTERS = ("lora", "full")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -92,6 +93,12 @@ def validate(cfg: RaftConfig) -> None:
     _check(0 <= lo.dropout < 1, f"lora.dropout must be in [0, 1), got {lo.dropout}")
     _check(lo.init in ("default", "gaussian"), f"lora.init must be 'default' or 'gaussian', got {lo.init!r}")
     t = cfg.train
+    _check(t.adapter in ADAPTERS, f"train.adapter must be one of {', '.join(ADAPTERS)}, got {t.adapter!r}")
+    _check(t.adapter == "lora" or cfg.backend == "diffusion",
+           f"train.adapter {t.adapter!r} is for the diffusion backend; the llm backend trains a LoRA (train.adapter: lora)")
+    _check(t.adapter == "lora" or m.dtype == "float32",
+           f"train.adapter 'full' keeps the denoiser's weights float32 for AdamW, but model.dtype is {m.dtype!r}; "
+           "set model.dtype: float32 (train.mixed_precision bf16 or fp16 still speeds up the forward)")
     _check(t.learning_rate > 0, f"train.learning_rate must be > 0, got {t.learning_rate}")
     _check(t.steps_per_round is None or t.steps_per_round >= 0, f"train.steps_per_round must be >= 0, got {t.steps_per_round}")
     _check(t.epochs_per_round >= 1, f"train.epochs_per_round must be >= 1, got {t.epochs_per_round}")

@@ -1,4 +1,4 @@
-"""``raft-diffusion generate``: a pipeline plus an optional LoRA to images."""
+"""``raft-diffusion generate``: a pipeline plus an optional LoRA (or fine-tuned denoiser) to images."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("generate", help="generate images from a pipeline and an optional LoRA",
+    p = sub.add_parser("generate", help="generate images from a pipeline and an optional LoRA or fine-tuned denoiser",
                        description="Generate images with a diffusion pipeline (hub id, folder or alias) and an optional RAFT "
                                    "LoRA. With --lora RUN_DIR every option left out comes from the run's config.yaml "
                                    "(model, scheduler, steps, guidance, size; by default its eval prompts and eval seeds). "
                                    "Existing files in --out are never overwritten: new images take the next numbers.")
     p.add_argument("--model", default=None, help="hub id, diffusers folder or alias (default: the run's model, else 'tiny')")
     p.add_argument("--family", default=None, help="model family (default: detected, or the run's)")
-    p.add_argument("--lora", help="run folder or .safetensors LoRA file to load")
+    p.add_argument("--lora", "--weights", dest="lora",
+                   help="what a run trained: a run folder (its LoRA, or its fine-tuned unet/ or transformer/ with "
+                        "train.adapter full), a .safetensors LoRA file or a saved denoiser folder")
     p.add_argument("--prompt", action="append", default=[], help="prompt text (repeatable)")
     p.add_argument("--prompts", help="prompt set name or .txt/.jsonl/.csv file")
     p.add_argument("--template", default=None, help="template for --prompts, e.g. 'a photo of a {}'")

@@ -116,7 +116,7 @@ def _change(before: Any, after: Any) -> str:
 
 def closing_lines(cfg: Any, history: Any, what: str) -> list[str]:
     """What a finished run says: the reward and the held-out fidelity before and after (from
-    ``summary.json``), why it stopped, where the grids are and how to use the LoRA."""
+    ``summary.json``), why it stopped, where the grids are and how to use the LoRA (or fine-tuned denoiser)."""
     import json
 
     run_dir = history.run_dir
@@ -146,12 +146,18 @@ def closing_lines(cfg: Any, history: Any, what: str) -> list[str]:
         return lines
     if (run_dir / "before_after.png").is_file():
         lines.append(f"before/after grid: {run_dir / 'before_after.png'}")
-    lines.append(f"run folder: {run_dir} (metrics.jsonl, eval.jsonl, reward_curve.png, rounds/*/grid.png, "
-                 "pytorch_lora_weights.safetensors)")
     from raft_diffusion.diffusion.pipeline import resolve_source
+    from raft_diffusion.run_folder import DENOISER_FOLDERS
 
     base = resolve_source(cfg.model.pretrained)[0]
-    lines.append(f"use the LoRA: raft-diffusion generate --lora {run_dir} --out samples/   (the run's settings and eval "
-                 "prompts; add --prompt TEXT for your own)")
-    lines.append(f"  or in Python: pipe = DiffusionPipeline.from_pretrained({base!r}); pipe.load_lora_weights({str(run_dir)!r})")
+    sub = next((n for n in DENOISER_FOLDERS if (run_dir / n).is_dir()), None) if cfg.train.adapter == "full" else None
+    weights = f"{sub}/" if sub else "pytorch_lora_weights.safetensors"
+    lines.append(f"run folder: {run_dir} (metrics.jsonl, eval.jsonl, reward_curve.png, rounds/*/grid.png, {weights})")
+    lines.append(f"use the {'fine-tuned ' + sub if sub else 'LoRA'}: raft-diffusion generate {'--weights' if sub else '--lora'} {run_dir} --out samples/   "
+                 "(the run's settings and eval prompts; add --prompt TEXT for your own)")
+    if sub:
+        lines.append(f"  or in Python: pipe = DiffusionPipeline.from_pretrained({base!r}, "
+                     f"{sub}=AutoModel.from_pretrained({str(run_dir)!r}, subfolder={sub!r}))")
+    else:
+        lines.append(f"  or in Python: pipe = DiffusionPipeline.from_pretrained({base!r}); pipe.load_lora_weights({str(run_dir)!r})")
     return lines

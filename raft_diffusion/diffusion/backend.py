@@ -1,4 +1,4 @@
-"""The diffusion backend of the round loop: generate, fine-tune the denoiser LoRA, save; any model family."""
+"""The diffusion backend of the round loop: generate, fine-tune the denoiser (its LoRA or every weight), save; any model family."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from raft_diffusion.core import distributed, faults
 from raft_diffusion.core.distributed import FailureFlag, TrainShard
 from raft_diffusion.core.ranking import group_ids
 from raft_diffusion.training import expected_kept_per_round
-from raft_diffusion.diffusion import lora as lora_mod
 from raft_diffusion.diffusion import sampling
 from raft_diffusion.diffusion.finetune import LoraTrainer
+from raft_diffusion.diffusion.full import WeightsAdapter
 from raft_diffusion.diffusion.families.base import Cond, cat_cond, index_cond
 from raft_diffusion.diffusion.pipeline import load_family, make_scheduler
 from raft_diffusion.errors import ConfigError, RunError
@@ -75,14 +75,14 @@ class DiffusionBackend:
         self.offload = sampling.Offload(device if m.offload and device.type != "cpu" else None)
         self.offload.park(*family.frozen_modules())
         self.encoder = sampling.PromptEncoder(family, s.negative_prompt)
-        lo = cfg.lora
-        targets = lo.target_modules or list(family.default_lora_targets)
-        lora_mod.add_lora(denoiser, lo.rank, lo.alpha, lo.dropout, targets, lo.init, seed=cfg.raft.seed)
+        self.weights = WeightsAdapter(cfg.train.adapter)
+        reference = self.weights.attach(family, cfg)
         kept = expected_kept_per_round(cfg)
         t = cfg.train
         per_round = t.steps_per_round if t.steps_per_round is not None else -(-kept // (t.batch_size * t.gradient_accumulation_steps)) * t.epochs_per_round
         uncond = self.encoder.negative(1) if t.caption_dropout else None
-        self.trainer = LoraTrainer(family, t, per_round * cfg.raft.rounds, cfg.raft.seed, (self.height, self.width), uncond)
+        self.trainer = LoraTrainer(family, t, per_round * cfg.raft.rounds, cfg.raft.seed, (self.height, self.width), uncond,
+                                   reference)
 
     # -------------------------------------------------------------- protocol
     def generate(self, prompts: Sequence[Prompt], k: int, seeds: Sequence[int], ids: Sequence[str]) -> Samples:
@@ -136,13 +136,13 @@ class DiffusionBackend:
         return latents, self.encoder([samples.texts[i] for i in kept])
 
     def save_model(self, out_dir: Path) -> None:
-        lora_mod.save_lora(self.family, out_dir)
+        self.weights.save(self.family, out_dir)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lora": lora_mod.lora_state_dict(self.family.denoiser), "trainer": self.trainer.state_dict()}
+        return {**self.weights.state_dict(self.family.denoiser), "trainer": self.trainer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        lora_mod.load_lora_state_dict(self.family.denoiser, state["lora"])
+        self.weights.load_state_dict(self.family.denoiser, state)
         self.trainer.load_state_dict(state["trainer"])
 
     def write_round_artifacts(self, round_dir: Path, samples: Samples, rewards: Sequence[float], kept: Sequence[int]) -> dict[str, Any]:

@@ -1,11 +1,12 @@
-"""LoRA training of the denoiser on kept latents, generic over model families.
+"""Training of the denoiser (its LoRA, or every weight) on kept latents, generic over model families.
 
 Each micro-batch draws its noise and timesteps (or sigmas) from the family
 (:meth:`~raft_diffusion.diffusion.families.base.ModelFamily.draw_training_noise`), forms the noisy
 input and the target (:meth:`training_pair`: epsilon, v-prediction or flow) and regresses the
 denoiser's output on it, weighted per row where the family says so (:meth:`loss_weights`). With
 ``train.kl_weight`` > 0 the loss adds that weight times the squared distance between the LoRA
-model's output and the base model's (the same denoiser, adapters disabled, no gradient) at the
+model's output and the base model's (the same denoiser, adapters disabled, or with full fine-tuning a
+frozen copy of the base; no gradient) at the
 same input: for two diffusion models the per-step KL of their reverse processes is proportional
 to it, so it pulls the fine-tuned model back toward the base round after round. With
 ``train.kl_anchor: round`` the reference is the LoRA as it was when the round's training began (its
@@ -36,11 +37,12 @@ class LoraTrainer(LoraTrainerBase):
 
     family: the model family (its denoiser carries the LoRA adapter). size: the training images'
     (height, width) in pixels. total_steps: optimizer steps over the whole run (LR schedule).
-    uncond: the empty prompt's conditioning (one row), for ``train.caption_dropout``.
+    uncond: the empty prompt's conditioning (one row), for ``train.caption_dropout``. reference: the
+    KL term's frozen base model when the denoiser has no adapters to switch off (full fine-tuning).
     """
 
     def __init__(self, family: ModelFamily, cfg: Any, total_steps: int, seed: int, size: tuple[int, int],
-                 uncond: Cond | None = None) -> None:
+                 uncond: Cond | None = None, reference: torch.nn.Module | None = None) -> None:
         from diffusers.optimization import get_scheduler
 
         denoiser = family.denoiser
@@ -48,6 +50,7 @@ class LoraTrainer(LoraTrainerBase):
             denoiser.enable_gradient_checkpointing()
         super().__init__(denoiser, cfg, total_steps, seed, get_scheduler, type(denoiser).__name__)
         self.family = family
+        self.reference = reference
         self.size = size
         self.uncond = uncond
         self.kl_weight = float(getattr(cfg, "kl_weight", 0.0))
@@ -108,28 +111,32 @@ class LoraTrainer(LoraTrainerBase):
         noisy, cond = noisy.to(self.dtype), cond_to(cond, device, self.dtype)
         base = None
         if self.kl_weight:
-            with torch.no_grad(), self._reference(), self.autocast():
-                base = self.family.predict(self.raw_model, noisy, draws, cond, self.size).float()
+            with torch.no_grad(), self._reference() as ref, self.autocast():
+                base = self.family.predict(ref, noisy, draws, cond, self.size).float()
         with self.autocast():
             pred = self.family.predict(self.model, noisy, draws, cond, self.size)
         return pred.float(), target.float(), base
 
     @contextlib.contextmanager
-    def _reference(self) -> Iterator[None]:
-        """The denoiser as the KL term's reference model: adapters off (``kl_anchor: base``), or the
-        LoRA weights of the round's start swapped in (``round``); restored on exit."""
+    def _reference(self) -> Iterator[torch.nn.Module]:
+        """The KL term's reference model: the trained weights of the round's start swapped in
+        (``kl_anchor: round``), the frozen base copy (``base``, full fine-tuning), or the denoiser with
+        its adapters off (``base``, LoRA); the trained weights are restored on exit."""
         if self.kl_anchor == "round" and self._anchor is not None:
             current = [p.data for p in self.params]  # swap the storage in and out: no copies per micro-batch
             try:
                 for p, a in zip(self.params, self._anchor):
                     p.data = a
-                yield
+                yield self.raw_model
             finally:
                 for p, c in zip(self.params, current):
                     p.data = c
             return
+        if self.reference is not None:
+            yield self.reference
+            return
         self.raw_model.disable_adapters()
         try:
-            yield
+            yield self.raw_model
         finally:
             self.raw_model.enable_adapters()
