@@ -81,7 +81,7 @@ def generate(
     run folder, else from :data:`DEFAULTS`."""
     from raft_diffusion.core.rng import sample_seed
     from raft_diffusion.diffusion import sampling
-    from raft_diffusion.diffusion.full import load_trained_weights
+    from raft_diffusion.diffusion.weights import load_trained_weights
     from raft_diffusion.diffusion.pipeline import load_family
     from raft_diffusion.report import to_pil
 

@@ -9,7 +9,7 @@ from typing import Any
 def register(sub: Any) -> None:
     p = sub.add_parser("generate", help="generate images from a pipeline and an optional LoRA or fine-tuned denoiser",
                        description="Generate images with a diffusion pipeline (hub id, folder or alias) and an optional RAFT "
-                                   "LoRA. With --lora RUN_DIR every option left out comes from the run's config.yaml "
+                                   "LoRA or fine-tuned denoiser. With --lora RUN_DIR every option left out comes from the run's config.yaml "
                                    "(model, scheduler, steps, guidance, size; by default its eval prompts and eval seeds). "
                                    "Existing files in --out are never overwritten: new images take the next numbers.")
     p.add_argument("--model", default=None, help="hub id, diffusers folder or alias (default: the run's model, else 'tiny')")

@@ -17,7 +17,7 @@ from raft_diffusion.core.ranking import group_ids
 from raft_diffusion.training import expected_kept_per_round
 from raft_diffusion.diffusion import sampling
 from raft_diffusion.diffusion.finetune import LoraTrainer
-from raft_diffusion.diffusion.full import WeightsAdapter
+from raft_diffusion.diffusion.weights import WeightsAdapter
 from raft_diffusion.diffusion.families.base import Cond, cat_cond, index_cond
 from raft_diffusion.diffusion.pipeline import load_family, make_scheduler
 from raft_diffusion.errors import ConfigError, RunError

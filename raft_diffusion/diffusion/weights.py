@@ -1,9 +1,11 @@
-"""Full fine-tuning of the denoiser (``train.adapter: full``): every weight trained, float32, and
-saved as a diffusers model folder (``unet/`` or ``transformer/``, ``save_pretrained``) that
-``from_pretrained`` reads back and that :func:`load_denoiser_into_pipeline` swaps into a pipeline.
+"""What the diffusion backend trains, checkpoints and saves: the denoiser's LoRA
+(``train.adapter: lora``, :mod:`raft_diffusion.diffusion.lora`) or every denoiser weight (``full``),
+behind one :class:`WeightsAdapter`.
 
-The LoRA path is :mod:`raft_diffusion.diffusion.lora`; :class:`WeightsAdapter` gives the backend one
-interface over both."""
+A full fine-tune trains float32 weights and is saved as a diffusers model folder (``unet/`` or
+``transformer/``, ``save_pretrained``) that ``from_pretrained`` reads back and that
+:func:`load_trained_weights` swaps into a pipeline (``generate --weights RUN_DIR``).
+"""
 
 from __future__ import annotations
 
@@ -88,7 +90,8 @@ def load_denoiser_into_pipeline(family: Any, folder: Path) -> None:
     except (ValueError, RuntimeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0][:200]
         raise ModelError(f"the denoiser in {str(folder)!r} does not fit this pipeline ({first}); it was trained on another model") from None
-    mismatch = [k for k, v in new.state_dict().items() if k not in old.state_dict() or old.state_dict()[k].shape != v.shape]
+    shapes = {k: v.shape for k, v in old.state_dict().items()}
+    mismatch = [k for k, v in new.state_dict().items() if shapes.get(k) != v.shape]
     if mismatch:
         raise ModelError(f"the denoiser in {str(folder)!r} does not fit this pipeline (e.g. {mismatch[0]}); "
                          "it was trained on another model")
