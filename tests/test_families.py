@@ -82,7 +82,7 @@ def test_conditioning_roundtrips_through_the_family(tiny_pipeline_dir):
     assert decoded.shape == images.shape and decoded.min() >= 0 and decoded.max() <= 1
 
 
-@pytest.mark.parametrize("name", ["backend.py", "sampling.py", "finetune.py", "lora.py"])
+@pytest.mark.parametrize("name", ["backend.py", "sampling.py", "finetune.py", "lora.py", "weights.py"])
 def test_generic_diffusion_code_holds_nothing_family_specific(name):
     text = (ROOT / "raft_diffusion" / "diffusion" / name).read_text()
     code = re.sub(r'("""|\'\'\').*?\1', "", text, flags=re.S)  # docstrings may name examples

@@ -105,7 +105,7 @@ def load_lora_into_pipeline(pipe: Any, path: str | Path) -> None:
     if not path.exists():
         raise ModelError(f"LoRA {str(path)!r} does not exist; give a folder holding {WEIGHT_NAME} or the file itself")
     if path.is_dir() and not (path / WEIGHT_NAME).is_file():
-        raise ModelError(f"folder {str(path)!r} holds no {WEIGHT_NAME} and no unet/ or transformer/ folder; "
+        raise ModelError(f"folder {str(path)!r} holds no {WEIGHT_NAME} and no saved denoiser folder; "
                          "point at a run folder, a .safetensors LoRA or a saved denoiser folder")
     try:
         if path.is_dir():
