@@ -43,8 +43,8 @@ def test_generate_loads_the_fine_tuned_denoiser(tiny_pipeline_dir, tmp_path):
     model's); the denoiser folder itself loads the same weights diffusers' ``AutoModel`` reads."""
     from diffusers import AutoModel
 
-    from raft_diffusion.diffusion.weights import load_trained_weights
     from raft_diffusion.diffusion.pipeline import load_family
+    from raft_diffusion.diffusion.weights import load_trained_weights
     from raft_diffusion.generate import generate
 
     train(tiny_config(tiny_pipeline_dir, tmp_path / "run", **{**FULL, "raft.rounds": 1, "train.learning_rate": 1e-2}),
@@ -63,8 +63,8 @@ def test_generate_loads_the_fine_tuned_denoiser(tiny_pipeline_dir, tmp_path):
 def test_a_denoiser_of_another_architecture_is_refused(tiny_pipeline_dir, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from raft_diffusion.diffusion.weights import load_trained_weights
     from raft_diffusion.diffusion.pipeline import load_family
+    from raft_diffusion.diffusion.weights import load_trained_weights
 
     fam = load_family(str(tiny_pipeline_dir), device="cpu")
     config = dict(fam.denoiser.config)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -23,8 +22,6 @@ import torch
 from raft_diffusion.diffusion import lora as lora_mod
 from raft_diffusion.errors import ModelError
 from raft_diffusion.run_folder import DENOISER_FOLDERS
-
-log = logging.getLogger(__name__)
 
 
 def make_trainable(model: torch.nn.Module) -> None:
