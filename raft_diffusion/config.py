@@ -88,6 +88,8 @@ class SamplingConfig:
     batch_size: int = _f(32, "images generated per pipeline call")
     eta: float = _f(0.0, "DDIM eta (0 = deterministic DDIM)")
     negative_prompt: Union[str, None] = _f(None, "negative prompt used for guidance (default: empty)")
+    native_fraction: float = _f(0.0, "share of each prompt's K candidates drawn at the model's native size and resized "
+                                   "down to height x width before scoring (resolution adaptation); 0 draws all at height x width")
 
 
 @dataclass

@@ -64,6 +64,7 @@ def validate(cfg: RaftConfig) -> None:
     _check(s.batch_size >= 1, f"sampling.batch_size must be >= 1, got {s.batch_size}")
     _check(s.guidance_scale >= 0, f"sampling.guidance_scale must be >= 0, got {s.guidance_scale}")
     _check(0 <= s.eta <= 1, f"sampling.eta must be in [0, 1] (0 = deterministic DDIM), got {s.eta}")
+    _check(0 <= s.native_fraction <= 1, f"sampling.native_fraction must be in [0, 1] (0 draws every candidate at height x width), got {s.native_fraction}")
     for name in ("height", "width"):
         v = getattr(s, name)
         _check(v is None or (v > 0 and v % 8 == 0),

@@ -49,7 +49,9 @@ class Backend(Protocol):
 
     Multi-process runs also read two optional class attributes (with ``getattr``, so a backend may
     omit them): ``supports_distributed`` (the loop then shards the prompts and passes ``shard=`` to
-    :meth:`finetune`) and ``gathered_extras``.
+    :meth:`finetune`) and ``gathered_extras``. A backend may also have ``generate_candidates`` (the
+    signature of :meth:`generate`): the loop then draws each round's candidates with it and keeps
+    :meth:`generate` for the eval images (the diffusion backend's ``sampling.native_fraction``).
     """
 
     name: str

@@ -291,15 +291,15 @@ class RaftLoop:
         faults.current_round = r
         t_round = time.perf_counter()
         batch = self._synced(r, "prompts", lambda: self.stream.next_batch())
-        b = len(batch)
-        n = b * s.k
+        b, n = len(batch), len(batch) * s.k
         seeds_all = [rng.sample_seed(s.seed, r, i) for i in range(n)]
         ids_all = [f"r{r}-p{i // s.k}-k{i % s.k}" for i in range(n)]
         if b < d.world_size:
             raise ConfigError(f"round {r}: {b} prompts for {d.world_size} processes; use at least one prompt per process")
 
         t0 = time.perf_counter()
-        samples, offset = self._synced(r, "generation", lambda: self._local_samples(batch, s.k, seeds_all.__getitem__, ids_all.__getitem__))
+        samples, offset = self._synced(r, "generation", lambda: local_samples(
+            self.backend, d.rank, d.world_size, batch, s.k, seeds_all.__getitem__, ids_all.__getitem__, candidates=True))
         assert samples is not None
         t_gen = time.perf_counter() - t0
 

@@ -117,13 +117,15 @@ def for_main(samples: Samples | None, keys: Sequence[str]) -> tuple[Any, dict[st
 
 
 def local_samples(backend: Any, rank: int, world_size: int, prompts: Sequence[Any], k: int,
-                  seed_of: Callable[[int], int], id_of: Callable[[int], str]) -> tuple[Samples | None, int]:
+                  seed_of: Callable[[int], int], id_of: Callable[[int], str], candidates: bool = False) -> tuple[Samples | None, int]:
     """Generate process ``rank``'s contiguous block of ``prompts`` (K each) with the global sample seeds
-    and ids; returns (its samples or None when it owns no prompt, the global index of its first sample)."""
+    and ids; returns (its samples or None when it owns no prompt, the global index of its first sample).
+    ``candidates``: a round's, drawn with ``backend.generate_candidates`` where the backend has one."""
     lo, hi = shard_range(len(prompts), rank, world_size)
     idx = range(lo * k, hi * k)
     if hi == lo:
         return None, lo * k
-    samples = backend.generate(list(prompts[lo:hi]), k, [seed_of(i) for i in idx], [id_of(i) for i in idx])
+    generate = getattr(backend, "generate_candidates", backend.generate) if candidates else backend.generate
+    samples = generate(list(prompts[lo:hi]), k, [seed_of(i) for i in idx], [id_of(i) for i in idx])
     assert len(samples) == len(idx) and samples.groups == group_ids(hi - lo, k), "backend broke the layout"
     return samples, lo * k

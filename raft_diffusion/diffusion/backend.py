@@ -33,6 +33,8 @@ class DiffusionBackend:
     name = "diffusion"
     #: multi-process runs: the loop shards prompts and passes ``shard`` to :meth:`finetune`
     supports_distributed = True
+    #: which candidates were drawn at the native size (``sampling.native_fraction``), for the round's grid and figures
+    gathered_extras = ("native",)
 
     def __init__(self, cfg: RaftConfig, pipe: Any | None = None, progress: bool = True) -> None:
         self.cfg = cfg
@@ -67,6 +69,10 @@ class DiffusionBackend:
         for name, v in (("height", self.height), ("width", self.width)):
             if v % factor:
                 raise ConfigError(f"sampling.{name} = {v} must be a multiple of {factor} for this model (VAE x denoiser downsampling)")
+        self.native_draw = sampling.native_draw_size(self.height, self.width, native, factor)
+        if s.native_fraction and max(self.height, self.width) >= native:
+            raise ConfigError(f"sampling.native_fraction = {s.native_fraction} draws candidates at the native {native} px and "
+                              f"shrinks them, but {self.height}x{self.width} is not smaller; set it to 0 or lower sampling.height/width")
         for module in (*family.frozen_modules(), denoiser):
             module.requires_grad_(False)
         # model.offload: VAE and text encoders parked on the CPU; a no-op when the denoiser runs on the CPU.
@@ -86,18 +92,52 @@ class DiffusionBackend:
 
     # -------------------------------------------------------------- protocol
     def generate(self, prompts: Sequence[Prompt], k: int, seeds: Sequence[int], ids: Sequence[str]) -> Samples:
-        """K images per prompt; outputs (N, 3, H, W) float32 in [0, 1]; extras hold latents and embeds."""
-        per_sample = [p for p in prompts for _ in range(k)]
-        texts = [p.text for p in per_sample]
+        """K images per prompt at height x width (the eval images); outputs (N, 3, H, W) float32 in [0, 1];
+        extras: "latents" (N, ...) and "native" (N,) bool, all False here."""
+        texts = [p.text for p in prompts for _ in range(k)]
+        result = self._draw(texts, seeds, self.height, self.width)
+        return self._samples(prompts, k, seeds, ids, result, torch.zeros(len(texts), dtype=torch.bool))
+
+    def generate_candidates(self, prompts: Sequence[Prompt], k: int, seeds: Sequence[int], ids: Sequence[str]) -> Samples:
+        """A round's candidates: as :meth:`generate`, except that the first ``sampling.native_fraction``
+        of each prompt's K are drawn at the model's native size, resized to height x width and encoded
+        for training (extras "native" marks them). Each image still depends only on (prompt, seed)."""
+        n_native = round(self.cfg.sampling.native_fraction * k)
+        if not n_native:
+            return self.generate(prompts, k, seeds, ids)
+        texts = [p.text for p in prompts for _ in range(k)]
+        native = torch.tensor([i % k < n_native for i in range(len(texts))])
+        images = torch.empty(len(texts), 3, self.height, self.width)
+        latents: torch.Tensor | None = None
+        for rows, size in ((native, self.native_draw), (~native, (self.height, self.width))):
+            idx = rows.nonzero().flatten()
+            if not len(idx):
+                continue
+            result = self._draw([texts[i] for i in idx], [seeds[i] for i in idx], *size)
+            if size != (self.height, self.width):
+                result.images = sampling.resize_images(result.images, self.height, self.width)
+                result.latents = sampling.encode_images(self.family, result.images, self.offload)
+            images[idx] = result.images
+            if latents is None:
+                latents = result.latents.new_empty(len(texts), *result.latents.shape[1:])
+            latents[idx] = result.latents
+        assert latents is not None
+        return self._samples(prompts, k, seeds, ids, sampling.GenerationResult(images, latents), native)
+
+    def _draw(self, texts: Sequence[str], seeds: Sequence[int], height: int, width: int) -> sampling.GenerationResult:
         s = self.cfg.sampling
-        result = sampling.generate(
+        return sampling.generate(
             self.family, self.encoder, texts, seeds, steps=s.steps, guidance_scale=s.guidance_scale,
-            height=self.height, width=self.width, batch_size=s.batch_size, eta=s.eta, progress=self.progress,
+            height=height, width=width, batch_size=s.batch_size, eta=s.eta, progress=self.progress,
             offload=self.offload,
         )
+
+    @staticmethod
+    def _samples(prompts: Sequence[Prompt], k: int, seeds: Sequence[int], ids: Sequence[str],
+                 result: sampling.GenerationResult, native: torch.Tensor) -> Samples:
         return Samples(
-            prompts=per_sample, groups=group_ids(len(prompts), k), ids=list(ids), seeds=list(seeds),
-            outputs=result.images, extras={"latents": result.latents},
+            prompts=[p for p in prompts for _ in range(k)], groups=group_ids(len(prompts), k), ids=list(ids),
+            seeds=list(seeds), outputs=result.images, extras={"latents": result.latents, "native": native},
         )
 
     def prepare_scorer(self, scorer: Any) -> Any:
@@ -151,7 +191,9 @@ class DiffusionBackend:
         out = self.cfg.output
         if out.save_grids:
             kept_set = set(kept)
-            captions = [f"{samples.texts[i]}\n{rewards[i]:.3f}{' *kept' if i in kept_set else ''}" for i in range(len(samples))]
+            native = samples.extras["native"]
+            captions = [f"{samples.texts[i]}\n{rewards[i]:.3f}{' native' if native[i] else ''}{' *kept' if i in kept_set else ''}"
+                        for i in range(len(samples))]
             k = len(samples) // max(1, len(set(samples.groups)))
             save_atomic_image(image_grid(images, captions, columns=max(1, k)), round_dir / "grid.png")
         if out.save_kept:
@@ -162,7 +204,10 @@ class DiffusionBackend:
             for i in kept:
                 save_atomic_image(to_pil(images[i]), kept_dir / f"{samples.ids[i]}.png")
         div = diversity(images, samples.groups)
-        return {"diversity": sum(div.values()) / len(div) if div else 0.0}
+        metrics = {"diversity": sum(div.values()) / len(div) if div else 0.0}
+        if self.cfg.sampling.native_fraction and kept:
+            metrics["kept_native"] = float(samples.extras["native"][list(kept)].float().mean())
+        return metrics
 
     def write_eval_artifacts(self, run_dir: Path, round_index: int, samples: Samples, scores: dict[str, list[float]]) -> None:
         """The eval round's fixed-seed images (``eval/round-XXXX/``) and ``before_after.png``."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from raft_diffusion.core import faults
@@ -96,6 +97,21 @@ def encode_images(family: ModelFamily, images: torch.Tensor, offload: Offload | 
     the VAE on the device only meanwhile under ``offload``."""
     with (offload or Offload()).onto(family.vae):
         return family.encode(images, batch_size)
+
+
+def native_draw_size(height: int, width: int, native: int, factor: int) -> tuple[int, int]:
+    """(height, width) with the aspect of ``height x width`` whose longer side is the model's ``native``
+    size, each a multiple of ``factor``: where ``sampling.native_fraction`` candidates are drawn."""
+    scale = native / max(height, width)
+    return tuple(max(factor, round(v * scale / factor) * factor) for v in (height, width))  # type: ignore[return-value]
+
+
+def resize_images(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Images (N, 3, h, w) float32 [0, 1] -> (N, 3, height, width), antialiased bilinear (a box-like
+    filter when shrinking, so a shape drawn at the native size survives as the renderer would draw it)."""
+    if tuple(images.shape[-2:]) == (height, width):
+        return images
+    return F.interpolate(images, size=(height, width), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
 def _accepts(pipe: Any, name: str) -> bool:
