@@ -173,11 +173,7 @@ class TrainConfig:
                          "as it was when the round's training began (a trust region per round, so gains compound)")
     latents: str = _f("encoded", "diffusion: what the kept samples are trained as: 'sampled' (the sampler's final latents) "
                       "or 'encoded' (the kept images back through the VAE encoder, posterior mean, as the paper's code "
-                      "trains on saved images; latents that guidance pushed off the VAE's manifold do not compound) "
-                      "or 'inverted' (encoded, then fitted so the VAE decodes them back to the kept image: more of a "
-                      "small image survives than through the encoder's mean)")
-    invert_steps: int = _f(25, "diffusion, latents 'inverted': Adam steps (lr 0.05, training-space latents) on the decoder's "
-                           "pixel error per kept image; each costs one VAE decode and its backward")
+                      "trains on saved images; latents that guidance pushed off the VAE's manifold do not compound)")
     mask_prompt: bool = _f(True, "LLM: exclude prompt tokens from the SFT loss")
 
 

@@ -122,8 +122,7 @@ def validate(cfg: RaftConfig) -> None:
     _check(0.0 <= t.caption_dropout < 1.0, f"train.caption_dropout must be in [0, 1), got {t.caption_dropout}")
     _check(t.kl_weight >= 0.0, f"train.kl_weight must be >= 0 (0 disables), got {t.kl_weight}")
     _check(t.kl_anchor in ("base", "round"), f"train.kl_anchor must be 'base' or 'round', got {t.kl_anchor!r}")
-    _check(t.latents in ("sampled", "encoded", "inverted"), f"train.latents must be 'sampled', 'encoded' or 'inverted', got {t.latents!r}")
-    _check(t.invert_steps >= 1, f"train.invert_steps must be >= 1 (Adam steps fitting each kept latent), got {t.invert_steps}")
+    _check(t.latents in ("sampled", "encoded"), f"train.latents must be 'sampled' or 'encoded', got {t.latents!r}")
     o = cfg.output
     _check(o.report_to in REPORT_TO, f"output.report_to {o.report_to!r} is not one of {', '.join(REPORT_TO)}")
     _check(o.hub_model_id is None or o.hub_model_id.count("/") <= 1 and bool(o.hub_model_id.strip("/ ")),

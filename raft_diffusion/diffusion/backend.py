@@ -171,11 +171,8 @@ class DiffusionBackend:
         latents = samples.extras["latents"][idx]
         if not kept:
             return latents, index_cond(self.encoder(samples.texts[:1]), slice(0, 0))
-        t = self.cfg.train
-        if t.latents in ("encoded", "inverted"):
+        if self.cfg.train.latents == "encoded":
             latents = sampling.encode_images(self.family, samples.outputs[idx], self.offload)
-        if t.latents == "inverted":
-            latents = sampling.invert_latents(self.family, samples.outputs[idx], latents, t.invert_steps, offload=self.offload)
         return latents, self.encoder([samples.texts[i] for i in kept])
 
     def save_model(self, out_dir: Path) -> None:

@@ -99,29 +99,6 @@ def encode_images(family: ModelFamily, images: torch.Tensor, offload: Offload | 
         return family.encode(images, batch_size)
 
 
-def invert_latents(family: ModelFamily, images: torch.Tensor, latents: torch.Tensor, steps: int, lr: float = 0.05,
-                   offload: Offload | None = None, batch_size: int = 8) -> torch.Tensor:
-    """Training-space latents (N, ...) float32 CPU fitted so the VAE decodes them back to ``images``
-    (N, 3, H, W) in [0, 1]: ``steps`` Adam steps on the decoder's pixel MSE from ``latents`` (the
-    encoder's mean). The decoder can show more of a small image than the encoder's mean lets it
-    (the miniworld at 16 px: shape named right 65% from the mean, 82% after 25 steps). The VAE's
-    weights are not touched; each image's fit is its own (the loss sums over images)."""
-    vae = family.vae
-    out = []
-    with (offload or Offload()).onto(vae), torch.enable_grad():
-        for start in range(0, len(images), batch_size):
-            target = images[start:start + batch_size].to(vae.device, torch.float32) * 2 - 1
-            z = latents[start:start + batch_size].to(vae.device, torch.float32).clone().requires_grad_(True)
-            opt = torch.optim.Adam([z], lr=lr)
-            for _ in range(steps):
-                decoded = vae.decode(family.to_vae_space(z).to(vae.dtype), return_dict=False)[0]
-                loss = F.mse_loss(decoded.float(), target, reduction="sum")
-                (z.grad,) = torch.autograd.grad(loss, [z])  # no gradient reaches the VAE's weights
-                opt.step()
-            out.append(z.detach().cpu())
-    return torch.cat(out) if out else latents
-
-
 def native_draw_size(height: int, width: int, native: int, factor: int) -> tuple[int, int]:
     """(height, width) with the aspect of ``height x width`` whose longer side is the model's ``native``
     size, each a multiple of ``factor``: where ``sampling.native_fraction`` candidates are drawn."""

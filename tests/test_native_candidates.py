@@ -1,6 +1,5 @@
-"""Resolution adaptation: ``sampling.native_fraction`` (a share of each prompt's candidates drawn at the
-model's native size and shrunk to the target size before scoring; the eval images stay at the target
-size) and ``train.latents: inverted`` (kept latents fitted so the VAE decodes them back to the image)."""
+"""``sampling.native_fraction``: a share of each prompt's candidates drawn at the model's native size
+and shrunk to the target size before scoring; the eval images stay at the target size."""
 
 from __future__ import annotations
 
@@ -80,43 +79,3 @@ def test_native_candidates_need_a_target_below_the_native_size(tiny_pipeline_dir
     with pytest.raises(ConfigError, match="native_fraction = 0.5 .* native 32 px .* 32x32 is not smaller"):
         build_loop(cfg, progress=False)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
-
-
-def test_inverted_latents_decode_closer_to_the_image_than_the_encoders_mean(tiny_pipeline_dir):
-    from raft_diffusion.diffusion.pipeline import load_family
-
-    family = load_family(str(tiny_pipeline_dir), device="cpu")
-    weights = {n: p.detach().clone() for n, p in family.vae.named_parameters()}
-    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    mean = sampling.encode_images(family, images)
-    fitted = sampling.invert_latents(family, images, mean, steps=20, batch_size=2)
-    assert fitted.shape == mean.shape and fitted.dtype == torch.float32 and not fitted.requires_grad
-
-    def error(latents):
-        return ((family.decode(latents) - images) ** 2).mean(dim=(1, 2, 3))
-
-    assert (error(fitted) < error(mean)).all(), "every image is decoded closer to itself"
-    alone = sampling.invert_latents(family, images[2:], mean[2:], steps=20)
-    assert torch.allclose(alone, fitted[2:], atol=1e-5), "an image's fit does not depend on its batch"
-    assert all(torch.equal(p, weights[n]) for n, p in family.vae.named_parameters()), "the VAE is not trained"
-    assert all(p.grad is None for p in family.vae.parameters())
-
-
-def test_a_run_trains_on_inverted_latents(tiny_pipeline_dir, tmp_path):
-    cfg = tiny_config(tiny_pipeline_dir, tmp_path / "run", **{"train.latents": "inverted", "train.invert_steps": 3})
-    loop = build_loop(cfg, progress=False)
-    backend = loop.backend
-    samples = backend.generate_candidates([Prompt("a photo of a cat")], 2, [1, 2], ["a", "b"])
-    latents, _ = backend._kept_batch(samples, [1])
-    encoded = sampling.encode_images(backend.family, samples.outputs[[1]])
-    assert latents.shape == encoded.shape and not torch.allclose(latents, encoded)
-    assert torch.allclose(latents, sampling.invert_latents(backend.family, samples.outputs[[1]], encoded, 3))
-    loop.outputs.finish(loop.run())
-    assert all(row["train_steps"] == 2 for row in History.load(tmp_path / "run").rounds)
-
-
-def test_bad_latents_settings_are_refused():
-    with pytest.raises(ConfigError, match="train.latents must be 'sampled', 'encoded' or 'inverted', got 'decoded'"):
-        validate(tiny_config("unused", "unused", **{"train.latents": "decoded"}))
-    with pytest.raises(ConfigError, match="train.invert_steps must be >= 1.*got 0"):
-        validate(tiny_config("unused", "unused", **{"train.invert_steps": 0}))
