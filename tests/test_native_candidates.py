@@ -79,3 +79,19 @@ def test_native_candidates_need_a_target_below_the_native_size(tiny_pipeline_dir
     with pytest.raises(ConfigError, match="native_fraction = 0.5 .* native 32 px .* 32x32 is not smaller"):
         build_loop(cfg, progress=False)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_native_candidates_in_every_family(family, tmp_path, one_thread):
+    """Native draws go through each family's own sizes (SDXL's size ids, FLUX's packed latents and
+    shift at the native size); the run's size is restored after."""
+    flow = family in ("sd3", "flux")
+    cfg = tiny_config(f"tiny-{family}", tmp_path / "run", **{**HALF, "raft.k": 2, "sampling.steps": 1},
+                      **({"sampling.scheduler": None} if flow else {}))
+    backend = build_loop(cfg, progress=False).backend
+    samples = backend.generate_candidates([Prompt("a photo of a cat")], 2, [5, 6], ["a", "b"])
+    assert samples.extras["native"].tolist() == [True, False]
+    assert backend.family.size == (16, 16)
+    native = sampling.resize_images(backend._draw(["a photo of a cat"], [5], *backend.native_draw).images, 16, 16)
+    assert torch.allclose(samples.outputs[:1], native, atol=1e-5)
+    assert samples.extras["latents"].shape == sampling.encode_images(backend.family, samples.outputs).shape

@@ -125,12 +125,18 @@ class DiffusionBackend:
         return self._samples(prompts, k, seeds, ids, sampling.GenerationResult(images, latents), native)
 
     def _draw(self, texts: Sequence[str], seeds: Sequence[int], height: int, width: int) -> sampling.GenerationResult:
-        s = self.cfg.sampling
-        return sampling.generate(
-            self.family, self.encoder, texts, seeds, steps=s.steps, guidance_scale=s.guidance_scale,
-            height=height, width=width, batch_size=s.batch_size, eta=s.eta, progress=self.progress,
-            offload=self.offload,
-        )
+        """Images and latents at ``height x width``; the family's ``size`` (which FLUX's latent packing
+        reads) is that size meanwhile."""
+        s, family = self.cfg.sampling, self.family
+        run_size, family.size = family.size, (height, width)
+        try:
+            return sampling.generate(
+                family, self.encoder, texts, seeds, steps=s.steps, guidance_scale=s.guidance_scale,
+                height=height, width=width, batch_size=s.batch_size, eta=s.eta, progress=self.progress,
+                offload=self.offload,
+            )
+        finally:
+            family.size = run_size
 
     @staticmethod
     def _samples(prompts: Sequence[Prompt], k: int, seeds: Sequence[int], ids: Sequence[str],
