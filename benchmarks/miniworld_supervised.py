@@ -15,7 +15,10 @@ its native 32 px: 75.0% shape. The VAE round trip of held-out renders at 16 px r
 perfect data and this adapter recover about 60% of the 16 px shape drop in 1,000 steps. At rank 32
 (the preset's) it levels off: 38.3% / 44.5% after 500 steps, 47.7% / 51.6% after 1,000, 46.9% /
 46.9% after 1,500, 53.1% / 48.4% after 2,000, 49.2% / 47.7% after 2,500, 53.1% / 53.1% after 3,000
-(colour 97%): perfect data stops near 70% of the drop, below the round trip. On the miniworld
+(colour 97%): perfect data stops near 70% of the drop, below the round trip. At rank 64 (the
+preset's now, ``--rank 64 --lr 2e-4``): 38.3% after 500 steps, 50.8% after 1,000, 47.7% after 1,500,
+50.0% after 2,000 (colour 91-97%), which RAFT with native candidates matches (49.5% on three seeds
+after its 1,000 steps). On the miniworld
 rebuilt with a 16-channel VAE (round trip 80%; ``benchmarks/results/miniworld_latent16.md``) the
 same adapter is slower: 26.6% after 500 steps, 39.1% after 1,000, 50.0% after 2,000, 46.1% after
 3,000 (about 60% of its drop). The whole committed UNet (``--adapter full``): 57.0% after 1,000 and

@@ -103,7 +103,8 @@ def native_draw_size(height: int, width: int, native: int, factor: int) -> tuple
     """(height, width) with the aspect of ``height x width`` whose longer side is the model's ``native``
     size, each a multiple of ``factor``: where ``sampling.native_fraction`` candidates are drawn."""
     scale = native / max(height, width)
-    return tuple(max(factor, round(v * scale / factor) * factor) for v in (height, width))  # type: ignore[return-value]
+    h, w = (max(factor, round(v * scale / factor) * factor) for v in (height, width))
+    return h, w
 
 
 def resize_images(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
