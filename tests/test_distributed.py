@@ -157,6 +157,24 @@ def test_full_fine_tuning_equal_across_processes_and_to_one_process(tiny_pipelin
     assert a.keys() == b.keys() and all(torch.equal(b[k], r0[k]) for k in a), "the folder holds the trained weights"
 
 
+def test_native_candidates_equal_across_processes_and_to_one_process(tiny_pipeline_dir, tmp_path):
+    """``sampling.native_fraction``: each process draws its own prompts' native candidates from the
+    global seeds, so the kept set, ``kept_native`` (from the gathered flags) and the LoRA match one process."""
+    native = ("--sampling.height", "16", "--sampling.width", "16", "--sampling.native_fraction", "0.5", "--raft.rounds", "1")
+    one = run_one(tiny_pipeline_dir, tmp_path / "one", tmp_path / "dump-one", *native)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_two(tiny_pipeline_dir, tmp_path / "two", tmp_path / "dump-two", *native)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[0]) for d in ("one", "two"))
+    assert a["kept_ids"] == b["kept_ids"] and a["kept_native"] == b["kept_native"]
+    assert 0.0 <= b["kept_native"] <= 1.0
+    rel = "rounds/round-0001/samples.jsonl"
+    assert (tmp_path / "one" / rel).read_text() == (tmp_path / "two" / rel).read_text()
+    ref, r0 = lora_of(tmp_path / "dump-one", 1, 0), lora_of(tmp_path / "dump-two", 1, 0)
+    for k in ref:
+        torch.testing.assert_close(r0[k], ref[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
 def test_only_main_writes_the_run_folder(runs):
     run = runs / "two"
     names = sorted(p.name for p in run.iterdir())
