@@ -17,8 +17,9 @@ perfect data and this adapter recover about 60% of the 16 px shape drop in 1,000
 46.9% after 1,500, 53.1% / 48.4% after 2,000, 49.2% / 47.7% after 2,500, 53.1% / 53.1% after 3,000
 (colour 97%): perfect data stops near 70% of the drop, below the round trip. At rank 64 (the
 preset's now, ``--rank 64 --lr 2e-4``): 38.3% after 500 steps, 50.8% after 1,000, 47.7% after 1,500,
-50.0% after 2,000 (colour 91-97%), which RAFT with native candidates matches (49.5% on three seeds
-after its 1,000 steps). On the miniworld
+50.0% after 2,000 (colour 91-97%); RAFT with native candidates and the same micro-batches of 32
+(``--batch-size``, default 32, as in every figure here unless said) reads 57.3% on three seeds after
+its 1,000 steps, trained on the evaluation's own prompts. On the miniworld
 rebuilt with a 16-channel VAE (round trip 80%; ``benchmarks/results/miniworld_latent16.md``) the
 same adapter is slower: 26.6% after 500 steps, 39.1% after 1,000, 50.0% after 2,000, 46.1% after
 3,000 (about 60% of its drop). The whole committed UNet (``--adapter full``): 57.0% after 1,000 and
