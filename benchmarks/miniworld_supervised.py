@@ -7,16 +7,16 @@ generations as it trains, read by the independent evaluator and by the miniworld
 
 It separates the two things RAFT needs at a new size: good kept samples, and an adapter able to
 learn from them. Figures read by the independent evaluator / the miniworld CLIP (one thread, 8
-images per in-domain prompt), for a rank-16 adapter on the ``miniworld-resolution`` preset's layers (``--rank 16
+images per in-domain prompt), for a rank-16 adapter on the layers the ``miniworld-resolution`` preset's LoRA had (``--rank 16
 --targets to_q,to_k,to_v,to_out.0,conv1,conv2,proj_in,proj_out,ff.net.0.proj,ff.net.2 --lr 3e-4``):
 shape 1.6% / 21.9% (the base at 16 px), 24.2% / 43.0% after 250 steps, 37.5% / 47.7% after 500,
 41.4% / 45.3% after 750, 47.7% / 44.5% after 1,000; colour 22.7% -> 90.6% (CLIP 95.3%); the base at
 its native 32 px: 75.0% shape. The VAE round trip of held-out renders at 16 px reads 65% shape, so
 perfect data and this adapter recover about 60% of the 16 px shape drop in 1,000 steps. At rank 32
-(the preset's) it levels off: 38.3% / 44.5% after 500 steps, 47.7% / 51.6% after 1,000, 46.9% /
+(a former preset's) it levels off: 38.3% / 44.5% after 500 steps, 47.7% / 51.6% after 1,000, 46.9% /
 46.9% after 1,500, 53.1% / 48.4% after 2,000, 49.2% / 47.7% after 2,500, 53.1% / 53.1% after 3,000
 (colour 97%): perfect data stops near 70% of the drop, below the round trip. At rank 64 (the
-preset's now, ``--rank 64 --lr 2e-4``): 38.3% after 500 steps, 50.8% after 1,000, 47.7% after 1,500,
+last LoRA preset's, ``--rank 64 --lr 2e-4``): 38.3% after 500 steps, 50.8% after 1,000, 47.7% after 1,500,
 50.0% after 2,000 (colour 91-97%); RAFT with native candidates and the same micro-batches of 32
 (``--batch-size``, default 32, as in every figure here unless said) reads 57.3% on three seeds after
 its 1,000 steps, trained on the evaluation's own prompts. On the miniworld
@@ -25,7 +25,8 @@ same adapter is slower: 26.6% after 500 steps, 39.1% after 1,000, 50.0% after 2,
 3,000 (about 60% of its drop). The whole committed UNet (``--adapter full``): 57.0% after 1,000 and
 2,000 steps at lr 1e-4; 51.6%, 54.7%, 59.4% after 1,000, 2,000, 3,000 at lr 3e-4; 53.9%, 58.6%,
 64.8%, 57.8% after 1,000 to 4,000 at lr 1e-4 with ``--batch-size 64`` (colour 94-99%): 75-87% of
-the drop, short of 90% (67%). (Earlier
+the drop, short of 90% (67%); RAFT training the whole UNet on its own kept images (the preset now) reads
+more on the evaluation's prompts (``benchmarks/results/miniworld_resolution.md``). (Earlier
 CLIP-only figures: attention-only rank-8 LoRA at lr 1e-4 33-45%, the whole UNet at lr 1e-4 48-54%.)
 """
 
