@@ -171,6 +171,11 @@ class TrainConfig:
                            "reverse processes, up to a constant); one more UNet forward per micro-batch; 0 disables")
     kl_anchor: str = _f("base", "diffusion, with kl_weight: 'base' pulls toward the base model; 'round' toward the model "
                          "as it was when the round's training began (a trust region per round, so gains compound)")
+    ema_decay: Union[float, None] = _f(None, "an exponential moving average of the trained weights (diffusers' EMAModel), "
+                                       "this decay per optimizer step (e.g. 0.99; warmed up over the first steps): "
+                                       "each round generates from the average and the run writes it, while the "
+                                       "optimizer goes on from the raw weights (kept on the CPU between rounds). "
+                                       "Steadier rounds for full fine-tuning; null: off")
     latents: str = _f("encoded", "diffusion: what the kept samples are trained as: 'sampled' (the sampler's final latents) "
                       "or 'encoded' (the kept images back through the VAE encoder, posterior mean, as the paper's code "
                       "trains on saved images; latents that guidance pushed off the VAE's manifold do not compound)")

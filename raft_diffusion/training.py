@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import shutil
@@ -18,6 +19,8 @@ from tqdm.auto import tqdm
 from raft_diffusion.core import distributed, faults
 from raft_diffusion.core.distributed import FailureFlag, shard_range
 from raft_diffusion.errors import ConfigError, RunError
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -118,6 +121,11 @@ class LoraTrainerBase:
     all-reduce (:class:`~raft_diffusion.core.distributed.FailureFlag`); a failure in a backward or
     an optimizer step is exchanged before the next forward.
 
+    With ``train.ema_decay`` an exponential moving average of the trained parameters (diffusers'
+    ``EMAModel``) follows every optimizer step. Between rounds the model holds the average (the next
+    round generates from it, checkpoints and the run's weights are it) while the raw weights the
+    optimizer trains wait in the EMA's store on the CPU; each round's training starts from them.
+
     Subclasses implement :meth:`micro_batch_loss`. ``model``: the trainable module (the LoRA'd
     denoiser or peft LM). cfg: the run's TrainConfig. total_steps: optimizer steps over the run.
     """
@@ -143,6 +151,7 @@ class LoraTrainerBase:
         self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(model, optimizer, lr_scheduler)
         self.generator = torch.Generator("cpu").manual_seed(seed)
         self.step = 0
+        self.ema = make_ema(params, cfg)
         self.dtype = next((p.dtype for p in model.parameters() if not p.requires_grad), params[0].dtype)
         self.device = device
 
@@ -183,6 +192,7 @@ class LoraTrainerBase:
         losses: list[float] = []
         order = torch.randperm(m, generator=self.generator)
         cursor = 0
+        self.use_raw_weights()
         self.model.train()
         try:
             for _ in tqdm(range(steps), desc="training", unit="step", disable=not progress, leave=False):
@@ -209,13 +219,24 @@ class LoraTrainerBase:
                             self.optimizer.step()
                             self.lr_scheduler.step()
                             self.optimizer.zero_grad(set_to_none=True)
+                            if self.ema is not None and acc.sync_gradients:
+                                self.ema.step(self.params)
                 self.step += 1
                 with flag.capture():
                     faults.point("train")
             flag.final_check(f"after training step {self.step}")
         finally:
             self.model.eval()
+        if self.ema is not None:  # the average generates and is saved; the raw weights wait for the next round
+            self.ema.store(self.params)
+            self.ema.copy_to(self.params)
         return self._stats(losses, steps)
+
+    def use_raw_weights(self) -> None:
+        """Put the raw trained weights back in place of the EMA (``train.ema_decay``) before training;
+        a no-op without an EMA or when they are already in place."""
+        if self.ema is not None and self.ema.temp_stored_params is not None:
+            self.ema.restore(self.params)
 
     def _stats(self, losses: list[float], steps: int) -> dict[str, float]:
         """The round's training figures: mean micro-batch loss, last LR, steps this round and in all."""
@@ -234,6 +255,7 @@ class LoraTrainerBase:
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "generator": self.generator.get_state(),
             "step": self.step,
+            **({"ema": {**self.ema.state_dict(), "raw": self.ema.temp_stored_params}} if self.ema is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -241,6 +263,32 @@ class LoraTrainerBase:
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.generator.set_state(state["generator"])
         self.step = int(state["step"])
+        if self.ema is not None:
+            self._load_ema(state.get("ema"))
+
+    def _load_ema(self, state: dict[str, Any] | None) -> None:
+        """Restore the EMA and the raw weights; a checkpoint written without one (the setting turned
+        on at resume) starts the average from the weights it holds."""
+        if state is None:
+            log.warning("the checkpoint holds no EMA (train.ema_decay was off): the average starts from its weights")
+            self.ema = make_ema(self.params, self.cfg)
+            return
+        state = dict(state)
+        raw = state.pop("raw")
+        self.ema.load_state_dict(state)  # deep-copies
+        self.ema.to(device=self.device)
+        self.ema.temp_stored_params = None if raw is None else [t.detach().cpu().clone() for t in raw]
+
+
+def make_ema(params: list[torch.nn.Parameter], cfg: Any) -> Any | None:
+    """diffusers' ``EMAModel`` over ``params`` when ``train.ema_decay`` is set (its decay per
+    optimizer step, warmed up as (1 + n) / (10 + n) over the first steps), else None."""
+    decay = getattr(cfg, "ema_decay", None)
+    if not decay:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(params, decay=float(decay))
 
 
 def own_rows(loss: torch.Tensor, rows: slice, batch: int) -> tuple[torch.Tensor, float]:

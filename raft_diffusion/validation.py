@@ -122,6 +122,8 @@ def validate(cfg: RaftConfig) -> None:
     _check(0.0 <= t.caption_dropout < 1.0, f"train.caption_dropout must be in [0, 1), got {t.caption_dropout}")
     _check(t.kl_weight >= 0.0, f"train.kl_weight must be >= 0 (0 disables), got {t.kl_weight}")
     _check(t.kl_anchor in ("base", "round"), f"train.kl_anchor must be 'base' or 'round', got {t.kl_anchor!r}")
+    _check(t.ema_decay is None or 0.0 < t.ema_decay < 1.0,
+           f"train.ema_decay must be between 0 and 1 (e.g. 0.99) or null to turn it off, got {t.ema_decay}")
     _check(t.latents in ("sampled", "encoded"), f"train.latents must be 'sampled' or 'encoded', got {t.latents!r}")
     o = cfg.output
     _check(o.report_to in REPORT_TO, f"output.report_to {o.report_to!r} is not one of {', '.join(REPORT_TO)}")

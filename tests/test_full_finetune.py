@@ -74,16 +74,50 @@ def test_a_denoiser_of_another_architecture_is_refused(tiny_pipeline_dir, tmp_pa
         load_trained_weights(fam, tmp_path / "other")
 
 
-def test_resume_is_bit_exact(tiny_pipeline_dir, tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"train.ema_decay": 0.9}], ids=["plain", "ema"])
+def test_resume_is_bit_exact(tiny_pipeline_dir, tmp_path, extra):
+    """With ``train.ema_decay`` the checkpoint carries the average and the raw weights the optimizer
+    goes on from: losing either would change round 2's samples or the written weights."""
     from safetensors.torch import load_file
 
-    whole = train(tiny_config(tiny_pipeline_dir, tmp_path / "whole", **FULL), progress=False)
-    train(tiny_config(tiny_pipeline_dir, tmp_path / "part", **{**FULL, "raft.rounds": 1}), progress=False)
-    resumed = train(tiny_config(tiny_pipeline_dir, tmp_path / "part", **{**FULL, "output.resume": "latest"}), progress=False)
+    over = {**FULL, **extra}
+    whole = train(tiny_config(tiny_pipeline_dir, tmp_path / "whole", **over), progress=False)
+    train(tiny_config(tiny_pipeline_dir, tmp_path / "part", **{**over, "raft.rounds": 1}), progress=False)
+    resumed = train(tiny_config(tiny_pipeline_dir, tmp_path / "part", **{**over, "output.resume": "latest"}), progress=False)
     assert [r["kept_ids"] for r in resumed.rounds] == [r["kept_ids"] for r in whole.rounds]
     a = load_file(tmp_path / "whole" / "unet" / "diffusion_pytorch_model.safetensors")
     b = load_file(tmp_path / "part" / "unet" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ema_generates_from_the_average_while_the_optimizer_trains_the_raw_weights(tiny_pipeline_dir, tmp_path):
+    """``train.ema_decay``: after each round the denoiser holds diffusers' EMA of the weights; the
+    optimizer's trajectory (the raw weights) is the one the same run without an EMA takes."""
+    over = {**FULL, "train.steps_per_round": 4, "train.learning_rate": 1e-2}
+    plain = build_loop(tiny_config(tiny_pipeline_dir, tmp_path / "plain", **over), progress=False).backend
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 4, 8, 8, generator=g)
+    emb = plain.encoder.negative(4)
+    for _ in range(2):
+        plain.trainer.train(x0, emb, progress=False)
+    expected = snapshot(plain.pipe.unet)
+
+    ema = build_loop(tiny_config(tiny_pipeline_dir, tmp_path / "ema", **over, **{"train.ema_decay": 0.9}),
+                     progress=False).backend
+    start = snapshot(ema.pipe.unet)
+    tr = ema.trainer
+    for _ in range(2):
+        tr.train(x0, emb, progress=False)
+    assert tr.ema.optimization_step == 8
+    live = [p.detach().clone() for p in tr.params]
+    assert all(torch.equal(p, s) for p, s in zip(live, tr.ema.shadow_params)), "the denoiser holds the average"
+    moved = [n for n, v in snapshot(ema.pipe.unet).items() if not torch.equal(v, start[n])]
+    assert moved and any(not torch.equal(snapshot(ema.pipe.unet)[n], expected[n]) for n in moved), "the average lags"
+    tr.use_raw_weights()
+    raw = snapshot(ema.pipe.unet)
+    assert all(torch.equal(raw[n], expected[n]) for n in expected), "the raw weights follow the plain run"
+    tr.use_raw_weights()  # idempotent
+    assert all(torch.equal(v, raw[n]) for n, v in snapshot(ema.pipe.unet).items())
 
 
 def test_a_checkpoint_of_the_other_adapter_is_a_clear_error(tiny_pipeline_dir, tmp_path):
@@ -124,6 +158,7 @@ def test_kl_reference_is_a_frozen_copy_of_the_base(tiny_pipeline_dir, tmp_path):
 @pytest.mark.parametrize("over, message", [
     ({"train.adapter": "dora"}, "train.adapter must be one of lora, full, got 'dora'"),
     ({"train.adapter": "full", "model.dtype": "float16"}, "train.adapter 'full' keeps the denoiser's weights float32"),
+    ({"train.ema_decay": 1.0}, "train.ema_decay must be between 0 and 1 (e.g. 0.99) or null to turn it off, got 1.0"),
 ])
 def test_bad_adapter_settings(tiny_pipeline_dir, tmp_path, over, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

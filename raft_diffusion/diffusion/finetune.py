@@ -65,6 +65,7 @@ class LoraTrainer(LoraTrainerBase):
     def train(self, latents: torch.Tensor, cond: Cond, progress: bool = True) -> dict[str, float]:
         """One round of training on the M kept samples: latents (M, ...) in the family's training
         space, conditioning name -> (M, ...). The same on every process. Returns loss, lr, steps."""
+        self.use_raw_weights()  # the round's start is the raw weights, not their EMA
         if self.kl_weight and self.kl_anchor == "round":
             self._anchor = [p.detach().clone() for p in self.params]
         self._latents, self._cond = latents, cond
