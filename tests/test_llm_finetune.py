@@ -86,3 +86,24 @@ def test_lora_targets_auto_and_errors():
     assert resolve_target_modules(base, ["auto"]) == ["q_proj", "v_proj"]
     with pytest.raises(ModelError, match="match no linear layer"):
         resolve_target_modules(base, ["c_attn"])
+
+
+def test_ema_of_the_lora_is_what_the_run_writes(tmp_path):
+    """``train.ema_decay`` works for the LLM's LoRA too: the written adapter is the average, the
+    optimizer's raw weights (restored for the next round) differ from it."""
+    from safetensors.torch import load_file
+
+    from raft_diffusion.api import build_loop
+
+    cfg = load_config("llm-tiny", {"output.dir": str(tmp_path / "run"), "raft.rounds": 2, "train.ema_decay": 0.5})
+    loop = build_loop(cfg, progress=False)
+    loop.outputs.finish(loop.run())
+    tr = loop.backend.trainer
+    assert tr.ema.optimization_step == tr.step > 0
+    saved = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
+    lora = {n: p.detach() for n, p in loop.backend.model.named_parameters() if p.requires_grad}
+    assert len(saved) == len(lora) and all(
+        any(torch.equal(v, p) for p in tr.ema.shadow_params) for v in saved.values()), "the adapter is the average"
+    average = [p.detach().clone() for p in tr.params]
+    tr.use_raw_weights()
+    assert any(not torch.equal(a, p) for a, p in zip(average, tr.params)), "the raw weights differ from the average"
