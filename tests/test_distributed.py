@@ -157,6 +157,34 @@ def test_full_fine_tuning_equal_across_processes_and_to_one_process(tiny_pipelin
     assert a.keys() == b.keys() and all(torch.equal(b[k], r0[k]) for k in a), "the folder holds the trained weights"
 
 
+def test_ema_equal_across_processes_and_to_one_process(tiny_pipeline_dir, tmp_path):
+    """``train.ema_decay``: every process steps the same average after each synchronised step, so the
+    LoRA each holds after a round (the average), the raw weights waiting in the EMA's store and the
+    written LoRA agree across processes and with one process; round 2 trains on from the raw weights."""
+    ema = ("--train.ema_decay", "0.5")
+    one = run_one(tiny_pipeline_dir, tmp_path / "one", tmp_path / "dump-one", *ema)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_two(tiny_pipeline_dir, tmp_path / "two", tmp_path / "dump-two", *ema)
+    assert two.returncode == 0, two.stderr[-3000:]
+    ref, r0, r1 = (torch.load(tmp_path / d / f"round-{ROUNDS:04d}-rank{k}.pt", map_location="cpu", weights_only=True)
+                   for d, k in (("dump-one", 0), ("dump-two", 0), ("dump-two", 1)))
+    for k in ref["lora"]:
+        assert torch.equal(r0["lora"][k], r1["lora"][k]), f"{k} differs between process 0 and process 1"
+        torch.testing.assert_close(r0["lora"][k], ref["lora"][k], atol=1e-5, rtol=1e-4, msg=k)
+    raw = [s["trainer"]["ema"]["raw"] for s in (ref, r0, r1)]
+    assert raw[0] and all(len(r) == len(raw[0]) for r in raw)
+    for a, b, c in zip(*raw):
+        assert torch.equal(b, c)
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+    # the average is not the raw weights: the EMA really is what each process holds
+    shadow = torch.cat([p.flatten() for p in r0["trainer"]["ema"]["shadow_params"]])
+    assert not torch.equal(shadow, torch.cat([p.flatten() for p in raw[1]]))
+    written = load_file(tmp_path / "two" / "pytorch_lora_weights.safetensors")
+    ref_written = load_file(tmp_path / "one" / "pytorch_lora_weights.safetensors")
+    for k in ref_written:
+        torch.testing.assert_close(written[k], ref_written[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
 def test_native_candidates_equal_across_processes_and_to_one_process(tiny_pipeline_dir, tmp_path):
     """``sampling.native_fraction``: each process draws its own prompts' native candidates from the
     global seeds, so the kept set, ``kept_native`` (from the gathered flags) and the LoRA match one process."""
